@@ -1,0 +1,101 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from uad.config import ConfigError, config_from_dict, load_config
+from uad.zoo import BACKBONES, default_layers
+
+from .conftest import REPO
+
+
+def error(params) -> str:
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(params)
+    return str(info.value)
+
+
+def test_committed_params_load_and_validate():
+    cfg = load_config(REPO / "params.yaml")
+    assert cfg.dataset == "demo"
+    assert cfg.layers() == default_layers(cfg.method().backbone, cfg.model)
+
+
+@pytest.mark.parametrize("preset", sorted((REPO / "presets").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_preset_loads_merged_into_params(preset):
+    from uad.preset import merge
+
+    merged = merge(yaml.safe_load((REPO / "params.yaml").read_text()), yaml.safe_load(preset.read_text()))
+    cfg = config_from_dict(merged)
+    assert cfg.image_size >= 64
+
+
+def test_presets_exist():
+    assert len(list((REPO / "presets").glob("*.yaml"))) >= 1
+
+
+@pytest.mark.parametrize("params, expected", [
+    ({"model": "patchcore"}, "model: 'patchcore' is not valid; choose one of ['dfr']"),
+    ({"dataset": "imagenet"}, "dataset: 'imagenet' is not valid; choose one of"),
+    ({"device": "gpu"}, "device: 'gpu' is not valid; choose one of ['auto', 'cpu', 'cuda', 'cuda:N']"),
+    ({"precision": "fp8"}, "precision: 'fp8' is not valid"),
+    ({"prepare": {"resize": "cubic"}}, "prepare.resize: 'cubic' is not valid"),
+])
+def test_unknown_choice_lists_valid_values(params, expected):
+    assert expected in error(params)
+
+
+def test_unknown_backbone_lists_supported_ones():
+    msg = error({"dfr": {"backbone": "resnet9000"}})
+    assert "dfr.backbone: 'resnet9000' is not supported" in msg
+    for name in BACKBONES:
+        assert name in msg
+
+
+@pytest.mark.parametrize("params, expected", [
+    ({"dfr": {"epochs": 0}}, "dfr.epochs: 0 must be positive"),
+    ({"dfr": {"lr": "fast"}}, "dfr.lr: expected a number, got 'fast'"),
+    ({"dfr": {"epochs": 1.5}}, "dfr.epochs: expected an integer"),
+    ({"dfr": {"pretrained": "yes"}}, "dfr.pretrained: expected true or false"),
+    ({"dfr": {"latent_dim": -3}}, "dfr.latent_dim: -3 must be 'auto' or a positive integer"),
+    ({"dfr": {"latent_dim": "big"}}, "dfr.latent_dim"),
+    ({"dfr": {"stride": 8, "kernel": 4}}, "dfr.stride: 8 must not exceed dfr.kernel"),
+    ({"dfr": {"pca_variance": 1.5}}, "dfr.pca_variance"),
+    ({"dfr": {"weights": "/nonexistent/w.pth"}}, "dfr.weights: file '/nonexistent/w.pth' does not exist"),
+    ({"dfr": {"layers": []}}, "dfr.layers: the list is empty"),
+    ({"image_size": 100}, "image_size: 100 must be a multiple of 8"),
+    ({"categories": []}, "categories: the list is empty"),
+    ({"categories": ["a", "a"]}, "duplicate"),
+    ({"categories": ["../etc"]}, "not a valid category name"),
+    ({"evaluate": {"target_fpr": 0}}, "evaluate.target_fpr"),
+    ({"dataset": "folder"}, "data.folder.path"),
+    ({"colour": 1}, "unknown parameter colour"),
+    ({"dfr": {"learning_rate": 1}}, "unknown parameter dfr.learning_rate"),
+    ({"data": {"demo": {"n_train": 0}}}, "data.demo.n_train: 0 must be positive"),
+])
+def test_bad_values_name_the_parameter(params, expected):
+    assert expected in error(params)
+
+
+def test_yaml_scientific_notation_string_is_a_number():
+    # YAML 1.1 (PyYAML) reads `1e-4` as a string; it must still be a float
+    assert config_from_dict({"dfr": {"lr": "1e-4"}}).dfr.lr == pytest.approx(1e-4)
+
+
+def test_explicit_layers_override_defaults():
+    cfg = config_from_dict({"dfr": {"backbone": "vgg19", "layers": ["features.1", "features.3"]}})
+    assert cfg.layers() == ("features.1", "features.3")
+    assert config_from_dict({"dfr": {"backbone": "vgg19"}}).layers() == default_layers("vgg19", "dfr")
+    assert len(default_layers("vgg19", "dfr")) == 12
+
+
+def test_load_config_names_the_file(tmp_path: Path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match=f"{bad}: not valid YAML"):
+        load_config(bad)
+    bad.write_text("model: svm\n")
+    with pytest.raises(ConfigError, match=f"{bad}: model: 'svm' is not valid"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "missing.yaml")

@@ -1,0 +1,68 @@
+"""The stage functions as the pipeline calls them, without DVC."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from uad.evaluation import evaluate_category
+from uad.render import render_category
+from uad.training import train_category
+
+from .conftest import REPO, tiny_config
+
+
+def run(cfg, prepared, root):
+    train_category(cfg, prepared, root / "models")
+    return evaluate_category(cfg, "weave", prepared=prepared, model_dir=root / "models",
+                             scores_dir=root / "scores", metrics_path=root / "metrics" / "weave.json",
+                             perf_path=root / "metrics" / "weave.perf.json", plots_dir=root / "plots")
+
+
+def test_train_evaluate_render_outputs(prepared, tmp_path):
+    cfg = tiny_config(dfr={"epochs": 3})
+    result = run(cfg, prepared, tmp_path)
+    assert set(result) == {"image_auroc", "pixel_auroc", "pixel_f1_max", "pixel_f1", "aupro"}
+    assert all(0 <= v <= 1 for v in result.values())
+    perf = json.loads((tmp_path / "metrics" / "weave.perf.json").read_text())
+    assert perf["score_images_per_s"] > 0 and perf["fit_seconds"] > 0 and perf["device"].startswith("cpu")
+    for name in ("roc_image", "roc_pixel", "pr_pixel"):
+        assert json.loads((tmp_path / "plots" / name / "weave.json").read_text())
+    maps = np.load(tmp_path / "scores" / "maps.npy")
+    assert maps.shape == (12, 64, 64) and maps.dtype == np.float32
+    frames = render_category("weave", prepared=prepared, scores_dir=tmp_path / "scores",
+                             model_dir=tmp_path / "models", out=tmp_path / "w.gif", frame_ms=100, max_frames=5)
+    assert frames == 5 and (tmp_path / "w.gif").stat().st_size > 0
+
+
+def test_same_params_same_metrics_file(prepared, tmp_path):
+    cfg = tiny_config(dfr={"epochs": 2})
+    run(cfg, prepared, tmp_path / "a")
+    run(cfg, prepared, tmp_path / "b")
+    assert (tmp_path / "a" / "metrics" / "weave.json").read_bytes() == \
+        (tmp_path / "b" / "metrics" / "weave.json").read_bytes()
+
+
+@pytest.mark.parametrize("params, message", [
+    ("model: knn\n", "error: params.yaml: model: 'knn' is not valid; choose one of ['dfr']"),
+    ("dfr:\n  backbone: alexnet\n", "dfr.backbone: 'alexnet' is not supported; choose one of"),
+    ("device: tpu\n", "device: 'tpu' is not valid"),
+    ("dataset: kitti\n", "dataset: 'kitti' is not valid; choose one of ['demo', 'folder']"),
+])
+def test_stage_fails_before_any_work_with_the_choices(tmp_path, params, message):
+    (tmp_path / "params.yaml").write_text(params)
+    proc = subprocess.run([sys.executable, str(REPO / "stages" / "download.py"), "out"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_demo_rejects_unknown_category(tmp_path):
+    (tmp_path / "params.yaml").write_text("categories: [marble]\n")
+    proc = subprocess.run([sys.executable, str(REPO / "stages" / "download.py"), "out"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and "demo dataset has no category 'marble'" in proc.stderr
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,31 @@
+import pytest
+
+from uad.config import ConfigError, load_config
+from uad.preset import apply, main
+
+from .conftest import REPO
+
+
+def test_preset_changes_values_and_keeps_comments(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text())
+    lines = apply(params, [REPO / "presets" / "dfr_paper.yaml"])
+    assert "dfr.backbone: 'tf_efficientnet_lite0' -> 'vgg19'" in lines
+    cfg = load_config(params)
+    assert (cfg.dfr.backbone, cfg.image_size, cfg.dfr.epochs, cfg.dfr.lr) == ("vgg19", 256, 150, 1e-4)
+    assert cfg.prepare.resize == "nearest" and len(cfg.layers()) == 12
+    text = params.read_text()
+    assert "# Parameters of the pipeline" in text and "# paper: vgg19" in text
+
+
+def test_dry_run_writes_nothing_and_invalid_presets_are_refused(tmp_path, capsys):
+    params = tmp_path / "params.yaml"
+    original = (REPO / "params.yaml").read_text()
+    params.write_text(original)
+    main([str(REPO / "presets" / "dfr_paper.yaml"), "--params", str(params), "--dry-run"])
+    assert "would change" in capsys.readouterr().out and params.read_text() == original
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dfr:\n  epochs: -1\n")
+    with pytest.raises(ConfigError, match="would make params invalid: dfr.epochs"):
+        apply(params, [bad])
+    assert params.read_text() == original

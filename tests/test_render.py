@@ -1,0 +1,40 @@
+import imageio.v3 as iio
+import numpy as np
+
+from uad import render
+
+
+def test_colour_scale_ends_and_threshold_in_the_middle():
+    lut = render.colorize(np.array([0.0, 0.5, 1.0]))
+    assert lut.shape == (3, 3) and lut.dtype == np.uint8
+    assert tuple(lut[0]) == (0, 0, 127) and tuple(lut[-1]) == (127, 0, 0)
+    scaled = render.heat_scale(np.array([1.0, 3.0, 5.0, 100.0, -4.0]), normal_median=1.0, threshold=3.0)
+    np.testing.assert_allclose(scaled, [0.0, 0.5, 1.0, 1.0, 0.0])
+
+
+def test_frame_has_four_panels_and_marks_the_prediction():
+    image = np.full((32, 32, 3), 128, np.uint8)
+    mask = np.zeros((32, 32), np.uint8)
+    mask[:8, :8] = 1
+    scores = np.zeros((32, 32), np.float32)
+    scores[20:, 20:] = 10.0
+    f = render.frame(image, mask, scores, normal_median=0.0, threshold=1.0, caption="x")
+    header = f.shape[0] - 32
+    assert f.shape == (32 + header, 128, 3)
+    body = f[header:].astype(int)
+    gt, pred = body[:, 32:64], body[:, 96:128]
+    assert gt[2, 2, 1] > gt[2, 2, 0] + 50  # green where the ground truth is
+    assert pred[28, 28, 0] > pred[28, 28, 1] + 50  # red where score > threshold
+    assert abs(pred[12, 12, 0] - pred[12, 12, 1]) < 5  # nothing predicted there
+
+
+def test_render_gif_writes_evenly_spread_frames(tmp_path):
+    n = 10
+    images = np.random.default_rng(0).integers(0, 255, (n, 24, 24, 3), np.uint8)
+    masks = np.zeros((n, 24, 24), np.uint8)
+    maps = np.random.default_rng(1).random((n, 24, 24)).astype(np.float32)
+    count = render.render_gif(tmp_path / "g" / "x.gif", images, masks, maps, [f"good/{i}" for i in range(n)],
+                              maps.reshape(n, -1).max(1), normal_median=0.2, threshold=0.8, frame_ms=100,
+                              max_frames=4)
+    frames = iio.imread(tmp_path / "g" / "x.gif", index=None)
+    assert count == 4 and frames.shape[0] == 4 and frames.shape[2] == 96

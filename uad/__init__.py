@@ -1,0 +1,1 @@
+"""Unsupervised anomaly segmentation: DFR and CFA as a reproducible DVC pipeline."""

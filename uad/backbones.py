@@ -1,0 +1,108 @@
+"""Frozen timm backbones that return the outputs of named layers.
+
+Layers are module paths of the timm model (`layer2`, `features.26`,
+`blocks.3.1`). The extractor keeps only the part of the network up to the last
+requested layer (a "trunk" of the model's top-level modules, nested
+`nn.Sequential`s flattened where a layer lies inside) and captures the
+requested outputs with forward hooks: nothing after the deepest layer runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import timm
+import torch
+from torch import nn
+
+from uad import zoo
+from uad.weights import fingerprint, load_weights
+
+
+def _contains(path: str, layer: str) -> bool:
+    return layer == path or layer.startswith(path + ".")
+
+
+def _trunk_steps(module: nn.Module, layers: Sequence[str], prefix: str = "") -> list[tuple[str, nn.Module]]:
+    """(path, module) steps whose sequential composition is the forward pass up to the layers."""
+    steps = []
+    for name, child in module.named_children():
+        path = f"{prefix}{name}"
+        inner = [lay for lay in layers if lay.startswith(path + ".")]
+        if inner and type(child) is nn.Sequential:
+            steps += _trunk_steps(child, layers, path + ".")
+        else:
+            steps.append((path, child))
+    return steps
+
+
+class FeatureExtractor(nn.Module):
+    """Frozen backbone; `forward(images in [0, 1])` returns one map per requested layer."""
+
+    def __init__(self, backbone: str, layers: Sequence[str], *, weights: str = "", pretrained: bool = True):
+        super().__init__()
+        if backbone not in zoo.BACKBONES:
+            raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(zoo.BACKBONES)}")
+        info = zoo.BACKBONES[backbone]
+        model = timm.create_model(info.arch, pretrained=False)
+        names = dict(model.named_modules())
+        unknown = [lay for lay in layers if lay not in names]
+        if unknown:
+            top = [n for n, _ in model.named_children()]
+            raise ValueError(f"{backbone} has no layer {unknown[0]!r}; layers are module paths such as {top}")
+        steps = _trunk_steps(model, layers)
+        last = max(i for i, (path, _) in enumerate(steps) if any(_contains(path, lay) for lay in layers))
+        steps = steps[: last + 1]
+        kept = [path for path, _ in steps]
+        required = [k for k in model.state_dict() if any(k.startswith(p + ".") for p in kept)]
+        self.weights_source = load_weights(model, info, weights=weights, pretrained=pretrained, required=required)
+        state = model.state_dict()
+        self.weights_fingerprint = fingerprint(state[k] for k in required)
+        self.steps = nn.ModuleList(m for _, m in steps)
+        self.step_paths = kept
+        self.layers = list(layers)
+        self.backbone = backbone
+        cfg = model.pretrained_cfg
+        self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(cfg["std"]).view(1, 3, 1, 1), persistent=False)
+        for m in self.modules():  # captured outputs must not be overwritten by in-place activations
+            if hasattr(m, "inplace"):
+                m.inplace = False
+        self._captured: dict[str, torch.Tensor] = {}
+        for lay in self.layers:
+            names[lay].register_forward_hook(self._hook(lay))
+        self.requires_grad_(False)
+        self.eval()
+        self.channels, self.strides = self._probe()
+
+    def _hook(self, layer: str):
+        def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+            self._captured[layer] = output
+        return hook
+
+    def train(self, mode: bool = True) -> FeatureExtractor:
+        """Always stays in eval mode: batch-norm statistics are part of the frozen backbone."""
+        return super().train(False)
+
+    @torch.no_grad()
+    def _probe(self) -> tuple[list[int], list[int]]:
+        size = 64
+        feats = self(torch.zeros(1, 3, size, size))
+        return [f.shape[1] for f in feats], [size // f.shape[-1] for f in feats]
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        x = (images - self.mean) / self.std
+        self._captured.clear()
+        for step in self.steps:
+            x = step(x)
+        feats = [self._captured[lay] for lay in self.layers]
+        self._captured.clear()
+        return feats
+
+
+def to_input(images: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 NHWC batch (numpy or tensor) -> float NCHW in [0, 1] on `device`, channels-last."""
+    t = torch.from_numpy(np.array(images)) if isinstance(images, np.ndarray) else images  # copy: mmaps are read-only
+    t = t.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+    return t.contiguous(memory_format=torch.channels_last)

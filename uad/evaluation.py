@@ -1,0 +1,51 @@
+"""The evaluate stage's work: score the test split, compute metrics, curves and timings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from uad import methods, metrics
+from uad.config import Config
+from uad.data.prepared import load_split
+from uad.artifacts import IMAGE_SCORES_FILE, MAPS_FILE, read_model_info, write_json
+from uad.runtime import configure_precision, describe_device, measure, resolve_device, seed_everything
+
+CURVES = ("roc_image", "roc_pixel", "pr_pixel")
+
+
+def evaluate_category(cfg: Config, category: str, *, prepared: str | Path, model_dir: str | Path,
+                      scores_dir: str | Path, metrics_path: str | Path, perf_path: str | Path,
+                      plots_dir: str | Path) -> dict[str, float]:
+    """Score `category`'s test split with the trained model; write maps, metrics, timings, curves."""
+    device = resolve_device(cfg.device)
+    configure_precision(cfg.precision, device)
+    seed_everything(cfg.seed)
+    model = methods.load(model_dir, cfg).to(device)
+    test = load_split(prepared, "test")
+    with measure(device) as timing:
+        scores = model.score(test.images, cfg.evaluate.batch_size, desc=f"score {category}")
+    labels = torch.from_numpy(test.labels)
+    masks = torch.from_numpy(np.array(test.masks)).to(scores.maps.device)
+    threshold = float(model.threshold)
+    result = metrics.evaluate(scores.image, labels, scores.maps, masks, threshold, cfg.evaluate.aupro_fpr_limit)
+    result = {k: round(v, 6) for k, v in result.items()}
+    write_json(metrics_path, result)
+
+    info = read_model_info(model_dir)
+    write_json(perf_path, {
+        "fit_seconds": info["fit_seconds"],
+        "fit_peak_memory_mb": info["fit_peak_memory_mb"],
+        "score_images_per_s": round(len(test) / timing.seconds, 2),
+        "score_peak_memory_mb": round(timing.peak_memory_mb, 1),
+        "device": describe_device(device),
+    })
+    for name, points in metrics.curves(scores.image, labels, scores.maps, masks, cfg.evaluate.curve_points).items():
+        write_json(Path(plots_dir) / name / f"{category}.json", points)
+    scores_dir = Path(scores_dir)
+    scores_dir.mkdir(parents=True, exist_ok=True)
+    np.save(scores_dir / MAPS_FILE, scores.maps.cpu().numpy().astype(np.float32))
+    np.save(scores_dir / IMAGE_SCORES_FILE, scores.image.cpu().numpy().astype(np.float32))
+    return result

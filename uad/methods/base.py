@@ -1,0 +1,163 @@
+"""The interface every anomaly-segmentation method implements, and what they share.
+
+A method is an `nn.Module` around a frozen `FeatureExtractor`. The pipeline only
+ever calls `fit`, `score`, `save` and `load`; the stages never branch on the method.
+Shared here: batching images through the backbone, calibrating the deployable
+threshold on normal images, and the on-disk format of a trained model.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from uad.artifacts import INFO_FILE, MODEL_FILE, write_json
+from uad.backbones import FeatureExtractor, to_input
+from uad.config import BackboneConfig, Config, to_dict
+from uad.runtime import autocast
+
+EpochLog = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class Scores:
+    maps: torch.Tensor  # (N, H, W) float32 anomaly maps at input resolution
+    image: torch.Tensor  # (N,) image scores = max of each map
+
+
+@dataclass
+class FitInfo:
+    epochs: int = 0
+    final_loss: float = float("nan")
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def batches(images: np.ndarray, batch_size: int, desc: str | None = None) -> Iterator[np.ndarray]:
+    """Consecutive uint8 slices of an image array, with a progress bar when `desc` is given."""
+    starts = range(0, len(images), batch_size)
+    if desc:
+        starts = tqdm(starts, desc=desc, unit="batch", leave=False, mininterval=1.0)
+    for s in starts:
+        yield images[s: s + batch_size]
+
+
+class AnomalyMethod(nn.Module, ABC):
+    """Fit on normal images; score images into anomaly maps; save and load."""
+
+    name: ClassVar[str]
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+        section: BackboneConfig = getattr(cfg, self.name)
+        self.section = section
+        self.image_size = cfg.image_size
+        self.precision = cfg.precision
+        self.extractor = FeatureExtractor(section.backbone, cfg.layers(self.name), weights=section.weights,
+                                          pretrained=section.pretrained)
+        # Deployable threshold and normal-score statistics, set by `calibrate`.
+        self.register_buffer("threshold", torch.tensor(float("nan")))
+        self.register_buffer("normal_quantiles", torch.full((len(NORMAL_QUANTILES),), float("nan")))
+
+    @property
+    def device(self) -> torch.device:
+        return self.threshold.device
+
+    def features(self, images: np.ndarray) -> list[torch.Tensor]:
+        """Backbone maps of a uint8 NHWC batch, on the model's device, in float32."""
+        x = to_input(images, self.device)
+        with torch.no_grad(), autocast(self.precision, self.device):
+            feats = self.extractor(x)
+        return [f.float() for f in feats]
+
+    @abstractmethod
+    def fit(self, images: np.ndarray, generator: torch.Generator, log: EpochLog | None = None) -> FitInfo:
+        """Learn from normal images (uint8 NHWC)."""
+
+    @abstractmethod
+    def anomaly_maps(self, images: np.ndarray) -> torch.Tensor:
+        """(B, H, W) anomaly maps at input resolution for a uint8 NHWC batch."""
+
+    @torch.no_grad()
+    def score(self, images: np.ndarray, batch_size: int, desc: str | None = None) -> Scores:
+        """Anomaly maps and image scores (max of the map) of many images, batched."""
+        self.eval()
+        maps = torch.cat([self.anomaly_maps(b) for b in batches(images, batch_size, desc)])
+        return Scores(maps, maps.flatten(1).amax(1))
+
+    @torch.no_grad()
+    def calibrate(self, images: np.ndarray, target_fpr: float, batch_size: int) -> None:
+        """Deployable threshold from normal images only: the score exceeded by `target_fpr` of their pixels."""
+        pixels = self.score(images, batch_size, desc="calibrate").maps
+        levels = upper_quantiles(pixels, [target_fpr, *(1 - q for q in NORMAL_QUANTILES)])
+        self.threshold.copy_(levels[0])
+        self.normal_quantiles.copy_(levels[1:])
+
+    # ---------------------------------------------------------------- persistence
+
+    def head_state(self) -> dict[str, torch.Tensor]:
+        """Everything but the frozen backbone (which is re-resolved and fingerprint-checked on load)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("extractor.")}
+
+    def hyper(self) -> dict[str, Any]:
+        """Sizes decided during `fit` that `__init__` needs to rebuild the module before loading."""
+        return {}
+
+    def save(self, folder: str | Path, fit: FitInfo, timing: dict[str, float]) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save({"method": self.name, "hyper": self.hyper(), "config": to_dict(self.cfg),
+                    "weights_fingerprint": self.extractor.weights_fingerprint,
+                    "state": {k: v.cpu() for k, v in self.head_state().items()}}, folder / MODEL_FILE)
+        info = {
+            "method": self.name,
+            "backbone": self.section.backbone,
+            "layers": list(self.extractor.layers),
+            "weights_source": self.extractor.weights_source,
+            "weights_fingerprint": self.extractor.weights_fingerprint,
+            "image_size": self.image_size,
+            "threshold": float(self.threshold),
+            "normal_quantiles": dict(zip(map(str, NORMAL_QUANTILES), self.normal_quantiles.tolist())),
+            "hyper": self.hyper(),
+            "epochs": fit.epochs,
+            "final_loss": fit.final_loss,
+            **fit.extra,
+            **timing,
+        }
+        write_json(folder / INFO_FILE, info)
+
+    @classmethod
+    def from_saved(cls, cfg: Config, saved: dict[str, Any]) -> AnomalyMethod:
+        model = cls(cfg, **saved["hyper"])
+        if model.extractor.weights_fingerprint != saved["weights_fingerprint"]:
+            raise ValueError(f"backbone weights ({model.extractor.weights_source}) differ from those the "
+                             f"{cls.name} model was trained with; rerun train")
+        missing, unexpected = model.load_state_dict(saved["state"], strict=False)
+        missing = [k for k in missing if not k.startswith("extractor.")]
+        if missing or unexpected:
+            raise ValueError(f"saved {cls.name} model does not match: missing {missing}, unexpected {unexpected}")
+        return model
+
+
+NORMAL_QUANTILES = (0.5, 0.9, 0.99, 0.995, 0.999)
+
+
+def upper_quantiles(values: torch.Tensor, fractions: list[float]) -> torch.Tensor:
+    """For each fraction f, the largest t with at least ceil(f * n) values strictly above t.
+
+    Exact (one sort), with no size cap unlike `torch.quantile`; `values > t` then
+    flags at least the requested fraction, as DFR's threshold rule asks.
+    """
+    ordered = values.flatten().sort(descending=True).values
+    n = ordered.numel()
+    index = [min(n - 1, math.ceil(f * n)) for f in fractions]
+    return ordered[index]

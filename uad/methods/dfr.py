@@ -1,0 +1,159 @@
+"""DFR: Deep Feature Reconstruction (Shi, Yang, Qi; Neurocomputing 2021, arXiv 2012.07122).
+
+Multi-scale regional features (every chosen layer resized to the input size,
+averaged over k x k windows, concatenated) are reconstructed by a deep 1x1
+convolutional autoencoder trained on normal images with an MSE loss. The
+anomaly map is the per-region reconstruction error upsampled to the input.
+
+Resize-then-pool is linear along each axis, so each layer's regional features
+are computed as A_h @ F @ A_w^T with fixed matrices built once: the same
+numbers as interpolate + avg-pool (tested), without materialising the
+input-sized intermediate maps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from uad.config import Config, DFRConfig
+from uad.methods.base import AnomalyMethod, EpochLog, FitInfo, batches
+
+
+def resize_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """(n_out, n_in) matrix of 1-D linear interpolation with align_corners=True (DFR's resize)."""
+    eye = torch.eye(n_in, dtype=torch.float64)[None]  # channel c is the unit vector e_c
+    return F.interpolate(eye, size=n_out, mode="linear", align_corners=True)[0].T
+
+
+def pool_matrix(n: int, kernel: int, stride: int) -> torch.Tensor:
+    """(n_out, n) matrix of 1-D average pooling after replication padding by (kernel - stride) // 2."""
+    pad = (kernel - stride) // 2
+    n_out = (n + 2 * pad - kernel) // stride + 1
+    m = torch.zeros(n_out, n, dtype=torch.float64)
+    for o in range(n_out):
+        for j in range(o * stride - pad, o * stride - pad + kernel):
+            m[o, min(max(j, 0), n - 1)] += 1.0 / kernel
+    return m
+
+
+class RegionalFeatures(nn.Module):
+    """DFR's multi-scale regional feature generator as fixed per-axis linear maps."""
+
+    def __init__(self, sizes: list[int], image_size: int, kernel: int, stride: int):
+        super().__init__()
+        pool = pool_matrix(image_size, kernel, stride)
+        for i, size in enumerate(sizes):
+            self.register_buffer(f"a{i}", (pool @ resize_matrix(size, image_size)).float(), persistent=False)
+        self.grid = pool.shape[0]
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        out = []
+        for i, f in enumerate(feats):
+            a = getattr(self, f"a{i}")
+            out.append(a @ f.float() @ a.T)  # (B, C, h, w) -> (B, C, G, G)
+        return torch.cat(out, 1)
+
+
+def _block(c_in: int, c_out: int, act: bool) -> list[nn.Module]:
+    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 1)]
+    if act:
+        layers += [nn.BatchNorm2d(c_out), nn.ReLU()]
+    return layers
+
+
+class FeatCAE(nn.Module):
+    """The paper's 1x1 convolutional autoencoder: C -> (C+2d)/2 -> 2d -> d -> 2d -> (C+2d)/2 -> C."""
+
+    def __init__(self, channels: int, latent: int):
+        super().__init__()
+        hidden = (channels + 2 * latent) // 2
+        self.encoder = nn.Sequential(*_block(channels, hidden, True), *_block(hidden, 2 * latent, True),
+                                     *_block(2 * latent, latent, False))
+        self.decoder = nn.Sequential(*_block(latent, 2 * latent, True), *_block(2 * latent, hidden, True),
+                                     *_block(hidden, channels, False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+
+def pca_dimension(features: torch.Tensor, variance: float) -> int:
+    """Smallest number of principal components explaining `variance` of the variance.
+
+    `features` is (N, C, H, W); every spatial position is one sample, as in the
+    paper's PCA over regional feature vectors.
+    """
+    x = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]).double()
+    x = x - x.mean(0)
+    eig = torch.linalg.eigvalsh(x.T @ x / max(len(x) - 1, 1)).flip(0).clamp_min(0)
+    ratio = eig.cumsum(0) / eig.sum()
+    return int(torch.searchsorted(ratio, torch.tensor(variance, dtype=ratio.dtype) - 1e-12).item()) + 1
+
+
+class DFR(AnomalyMethod):
+    name = "dfr"
+
+    def __init__(self, cfg: Config, latent_dim: int | None = None):
+        super().__init__(cfg)
+        self.section: DFRConfig = cfg.dfr  # narrows the type for the DFR-only fields
+        self.regional = RegionalFeatures(self._layer_sizes(), cfg.image_size, self.section.kernel,
+                                         self.section.stride)
+        self.channels = sum(self.extractor.channels)
+        self.latent_dim: int | None = None
+        self.cae: FeatCAE | None = None
+        if latent_dim is not None:
+            self._build_cae(latent_dim)
+
+    def _layer_sizes(self) -> list[int]:
+        return [self.image_size // s for s in self.extractor.strides]
+
+    def _build_cae(self, latent: int) -> None:
+        self.latent_dim = latent
+        self.cae = FeatCAE(self.channels, latent).to(self.device)
+
+    def hyper(self) -> dict:
+        return {"latent_dim": self.latent_dim}
+
+    def regional_features(self, images: np.ndarray) -> torch.Tensor:
+        with torch.no_grad():
+            return self.regional(self.features(images))
+
+    def fit(self, images: np.ndarray, generator: torch.Generator, log: EpochLog | None = None) -> FitInfo:
+        cfg = self.section
+        # Features once, kept on the device: the backbone is frozen and there is no
+        # augmentation, so this equals the paper's per-step recomputation.
+        feats = torch.cat([self.regional_features(b) for b in batches(images, 32, desc="features")])
+        if cfg.latent_dim == "auto":
+            latent = pca_dimension(feats[: cfg.pca_images], cfg.pca_variance)
+        else:
+            latent = cfg.latent_dim
+        self._build_cae(latent)
+        assert self.cae is not None
+        optim = torch.optim.Adam(self.cae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.cae.train()
+        loss_value = float("nan")
+        for epoch in tqdm(range(cfg.epochs), desc="dfr epochs", unit="epoch", leave=False, mininterval=1.0):
+            order = torch.randperm(len(feats), generator=generator).to(feats.device)
+            total = 0.0
+            for start in range(0, len(order), cfg.batch_size):
+                x = feats[order[start: start + cfg.batch_size]]
+                loss = F.mse_loss(self.cae(x), x)
+                optim.zero_grad(set_to_none=True)
+                loss.backward()
+                optim.step()
+                total += loss.detach() * len(x)
+            loss_value = float(total / len(feats))
+            if log:
+                log(epoch, {"loss": loss_value})
+        self.cae.eval()
+        return FitInfo(epochs=cfg.epochs, final_loss=loss_value,
+                       extra={"latent_dim": latent, "feature_channels": self.channels})
+
+    def anomaly_maps(self, images: np.ndarray) -> torch.Tensor:
+        assert self.cae is not None, "DFR is not fitted"
+        x = self.regional_features(images)
+        err = (self.cae(x) - x).pow(2).mean(1, keepdim=True)
+        return F.interpolate(err, size=self.image_size, mode="bilinear", align_corners=True)[:, 0]

@@ -1,0 +1,144 @@
+"""Anomaly-segmentation metrics with the semantics of ALGORITHMS.md section 3.
+
+Image AUROC, pixel AUROC and the PR curve behind pixel F1 come from
+torchmetrics (exact, untied ROC/PR). AUPRO is computed exactly from one sort of
+all pixel scores: every GT-negative pixel moves the FPR by 1/|N|, every pixel of
+region k moves the mean per-region overlap by 1/(|R_k| K). Regions are the
+8-connected components of each mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.ndimage
+import torch
+from torchmetrics.functional.classification import (
+    binary_auroc,
+    binary_precision_recall_curve,
+    binary_roc,
+)
+
+_EIGHT = np.ones((3, 3), dtype=int)
+
+
+def _unit(scores: torch.Tensor) -> torch.Tensor:
+    """Min-max to [0, 1]: torchmetrics would apply a sigmoid to scores outside it, tying large values."""
+    s = scores.float().flatten()
+    lo, hi = s.min(), s.max()
+    return (s - lo) / (hi - lo) if hi > lo else torch.zeros_like(s)
+
+
+def image_auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    return float(binary_auroc(_unit(scores), labels.flatten().long()))
+
+
+def pixel_auroc(maps: torch.Tensor, masks: torch.Tensor) -> float:
+    return float(binary_auroc(_unit(maps), masks.flatten().long()))
+
+
+def f1_max(maps: torch.Tensor, masks: torch.Tensor) -> float:
+    """Best pixel F1 over all thresholds (an optimistic bound: the threshold sees the test labels)."""
+    precision, recall, _ = binary_precision_recall_curve(_unit(maps), masks.flatten().long())
+    return float((2 * precision * recall / (precision + recall + 1e-10)).max())
+
+
+def f1_at(maps: torch.Tensor, masks: torch.Tensor, threshold: float) -> float:
+    """Pixel F1 of the binary prediction `map > threshold` pooled over all images."""
+    pred = maps.flatten() > threshold
+    gt = masks.flatten().bool()
+    tp = (pred & gt).sum().item()
+    fp = (pred & ~gt).sum().item()
+    fn = (~pred & gt).sum().item()
+    return 2 * tp / max(2 * tp + fp + fn, 1)
+
+
+def label_regions(masks: np.ndarray) -> np.ndarray:
+    """Per-image 8-connected components, numbered 1..K across all images (0 = background)."""
+    out = np.zeros(masks.shape, np.int64)
+    offset = 0
+    for i, mask in enumerate(masks):
+        labels, n = scipy.ndimage.label(np.asarray(mask) > 0, structure=_EIGHT)
+        out[i] = np.where(labels > 0, labels + offset, 0)
+        offset += n
+    return out
+
+
+@dataclass(frozen=True)
+class ProCurve:
+    fpr: torch.Tensor  # increasing, from 0 to 1
+    pro: torch.Tensor  # mean per-region overlap at the same thresholds
+
+
+def pro_curve(maps: torch.Tensor, regions: torch.Tensor) -> ProCurve:
+    """Exact PRO-vs-FPR curve over every distinct threshold."""
+    scores = maps.flatten().float()
+    region = regions.flatten().to(scores.device)
+    n_regions = int(region.max())
+    if n_regions == 0:
+        raise ValueError("PRO needs at least one anomalous region in the ground truth")
+    sizes = torch.bincount(region, minlength=n_regions + 1).double()
+    negatives = sizes[0]
+    if negatives == 0:
+        raise ValueError("PRO needs at least one normal pixel in the ground truth")
+    order = torch.argsort(scores, descending=True)
+    scores, region = scores[order], region[order]
+    fpr_step = (region == 0).double() / negatives
+    pro_step = torch.where(region > 0, 1.0 / (sizes[region] * n_regions), torch.zeros((), dtype=torch.float64,
+                                                                                        device=scores.device))
+    fpr, pro = fpr_step.cumsum(0), pro_step.cumsum(0)
+    # one point per distinct threshold: the last pixel of every run of equal scores
+    last = torch.ones_like(scores, dtype=torch.bool)
+    last[:-1] = scores[1:] != scores[:-1]
+    zero = torch.zeros(1, dtype=torch.float64, device=scores.device)
+    return ProCurve(torch.cat([zero, fpr[last]]), torch.cat([zero, pro[last]]))
+
+
+def aupro(maps: torch.Tensor, regions: torch.Tensor, fpr_limit: float = 0.3) -> float:
+    """Area under PRO vs FPR up to `fpr_limit` (interpolated there), divided by `fpr_limit`."""
+    curve = pro_curve(maps, regions)
+    fpr, pro = curve.fpr, curve.pro
+    # fpr is non-decreasing; keep points below the limit and interpolate the one at it
+    inside = int(torch.searchsorted(fpr, torch.tensor(fpr_limit, dtype=fpr.dtype, device=fpr.device),
+                                    right=False))
+    x, y = fpr[:inside], pro[:inside]
+    if inside < len(fpr):
+        x0, x1, y0, y1 = fpr[inside - 1], fpr[inside], pro[inside - 1], pro[inside]
+        y_lim = y0 + (y1 - y0) * (fpr_limit - x0) / (x1 - x0) if x1 > x0 else y1
+        x = torch.cat([x, x.new_tensor([fpr_limit])])
+        y = torch.cat([y, y_lim.reshape(1)])
+    return float(torch.trapezoid(y, x) / fpr_limit)
+
+
+def downsample(points: dict[str, torch.Tensor], n: int) -> list[dict[str, float]]:
+    """At most `n` evenly spaced points of a curve (ends kept), as records for `dvc plots`."""
+    length = len(next(iter(points.values())))
+    idx = torch.linspace(0, length - 1, min(n, length)).round().long().unique()
+    return [{k: round(float(v[i]), 6) for k, v in points.items()} for i in idx.tolist()]
+
+
+def curves(image_scores: torch.Tensor, labels: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor,
+           n: int) -> dict[str, list[dict[str, float]]]:
+    """Image ROC, pixel ROC and pixel PR curves, thinned to `n` points each."""
+    fpr_i, tpr_i, _ = binary_roc(_unit(image_scores), labels.flatten().long())
+    fpr_p, tpr_p, _ = binary_roc(_unit(maps), masks.flatten().long())
+    precision, recall, _ = binary_precision_recall_curve(_unit(maps), masks.flatten().long())
+    return {
+        "roc_image": downsample({"fpr": fpr_i, "tpr": tpr_i}, n),
+        "roc_pixel": downsample({"fpr": fpr_p, "tpr": tpr_p}, n),
+        "pr_pixel": downsample({"recall": recall, "precision": precision}, n),
+    }
+
+
+def evaluate(image_scores: torch.Tensor, labels: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor,
+             threshold: float, fpr_limit: float) -> dict[str, float]:
+    """Every per-category metric; `threshold` is the deployable one fixed from normal training images."""
+    regions = torch.from_numpy(label_regions(masks.cpu().numpy()))
+    return {
+        "image_auroc": image_auroc(image_scores, labels),
+        "pixel_auroc": pixel_auroc(maps, masks),
+        "pixel_f1_max": f1_max(maps, masks),
+        "pixel_f1": f1_at(maps, masks, threshold),
+        "aupro": aupro(maps, regions, fpr_limit),
+    }
