@@ -1,10 +1,10 @@
 """Stage `train@<category>`: fit the method selected by `model` on the normal training images.
 
-usage: python stages/train.py PREPARED_DIR MODEL_DIR
+usage: python stages/train.py PREPARED_DIR MODEL_DIR DVCLIVE_DIR LOSS_CURVE_JSON
 """
 
 from uad.cli import run_stage
 from uad.training import train_category
 
 if __name__ == "__main__":
-    run_stage(lambda cfg, args: train_category(cfg, args[0], args[1]))
+    run_stage(lambda cfg, args: train_category(cfg, *args))

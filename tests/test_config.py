@@ -35,7 +35,7 @@ def test_presets_exist():
 
 
 @pytest.mark.parametrize("params, expected", [
-    ({"model": "patchcore"}, "model: 'patchcore' is not valid; choose one of ['dfr']"),
+    ({"model": "patchcore"}, "model: 'patchcore' is not valid; choose one of ['cfa', 'dfr']"),
     ({"dataset": "imagenet"}, "dataset: 'imagenet' is not valid; choose one of"),
     ({"device": "gpu"}, "device: 'gpu' is not valid; choose one of ['auto', 'cpu', 'cuda', 'cuda:N']"),
     ({"precision": "fp8"}, "precision: 'fp8' is not valid"),
@@ -54,6 +54,11 @@ def test_unknown_backbone_lists_supported_ones():
 
 @pytest.mark.parametrize("params, expected", [
     ({"dfr": {"epochs": 0}}, "dfr.epochs: 0 must be positive"),
+    ({"cfa": {"k": 0}}, "cfa.k: 0 must be positive"),
+    ({"cfa": {"j": -1}}, "cfa.j: -1 must be >= 0"),
+    ({"cfa": {"alpha": -0.1}}, "cfa.alpha: -0.1 must be >= 0"),
+    ({"cfa": {"learn_radius": 1}}, "cfa.learn_radius: expected true or false"),
+    ({"cfa": {"backbone": "vgg19"}}, "cfa.layers: no default layers of vgg19 for cfa"),
     ({"dfr": {"lr": "fast"}}, "dfr.lr: expected a number, got 'fast'"),
     ({"dfr": {"epochs": 1.5}}, "dfr.epochs: expected an integer"),
     ({"dfr": {"pretrained": "yes"}}, "dfr.pretrained: expected true or false"),
@@ -84,8 +89,9 @@ def test_yaml_scientific_notation_string_is_a_number():
 
 def test_explicit_layers_override_defaults():
     cfg = config_from_dict({"dfr": {"backbone": "vgg19", "layers": ["features.1", "features.3"]}})
-    assert cfg.layers() == ("features.1", "features.3")
-    assert config_from_dict({"dfr": {"backbone": "vgg19"}}).layers() == default_layers("vgg19", "dfr")
+    assert cfg.layers("dfr") == ("features.1", "features.3")
+    assert config_from_dict({"dfr": {"backbone": "vgg19"}}).layers("dfr") == default_layers("vgg19", "dfr")
+    assert config_from_dict({"cfa": {"backbone": "wide_resnet50_2"}}).layers() == ("layer1", "layer2", "layer3")
     assert len(default_layers("vgg19", "dfr")) == 12
 
 

@@ -64,7 +64,7 @@ def test_pca_dimension_counts_components_for_the_variance():
 
 
 def fitted(prepared, **overrides):
-    cfg = tiny_config(**overrides)
+    cfg = tiny_config(model="dfr", **overrides)
     model = methods.create(cfg)
     train = load_split(prepared, "train")
     losses = []
@@ -105,7 +105,7 @@ def test_loading_with_other_backbone_weights_is_refused(prepared, tmp_path):
     cfg, model, info, _ = fitted(prepared, dfr={"epochs": 1})
     model.save(tmp_path / "m", info, {})
     with pytest.raises(ValueError, match="backbone weights .* differ"):
-        methods.load(tmp_path / "m", tiny_config(dfr={"epochs": 1, "pretrained": False}))
+        methods.load(tmp_path / "m", tiny_config(model="dfr", dfr={"epochs": 1, "pretrained": False}))
 
 
 def test_reconstruction_error_flags_an_inserted_defect(prepared):

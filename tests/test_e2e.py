@@ -23,6 +23,7 @@ TINY_PARAMS = {
     "image_size": 64,
     "data": {"demo": {"image_size": 64, "n_train": 8, "n_test_good": 4, "n_test_defect": 8}},
     "dfr": {"epochs": 3},
+    "cfa": {"epochs": 2},
     "render": {"max_frames": 4, "frame_ms": 100},
 }
 
@@ -36,7 +37,9 @@ def copy_repo(dest: Path) -> Path:
         if src.is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
-    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    for cmd in (["init", "-q"], ["config", "user.name", "e2e"], ["config", "user.email", "e2e@test"],
+                ["add", "-A"], ["commit", "-qm", "clone"]):
+        subprocess.run(["git", *cmd], cwd=dest, check=True)
     return dest
 
 
@@ -68,18 +71,19 @@ def test_repro_produces_metrics_curves_gifs_and_report(repo):
     assert ran(out) == {"download", "prepare@weave", "prepare@washer", "train@weave", "train@washer",
                         "evaluate@weave", "evaluate@washer", "render@weave", "render@washer", "report"}
     for cat in ("weave", "washer"):
-        metrics = json.loads((repo / "metrics" / "dfr" / f"{cat}.json").read_text())
+        metrics = json.loads((repo / "metrics" / "cfa" / f"{cat}.json").read_text())
         assert set(metrics) == {"image_auroc", "pixel_auroc", "pixel_f1_max", "pixel_f1", "aupro"}
         assert all(0 <= v <= 1 for v in metrics.values())
-        assert json.loads((repo / "metrics" / "dfr" / f"{cat}.perf.json").read_text())["fit_seconds"] > 0
+        assert json.loads((repo / "metrics" / "cfa" / f"{cat}.perf.json").read_text())["fit_seconds"] > 0
         for curve in ("roc_image", "roc_pixel", "pr_pixel"):
             assert json.loads((repo / "plots" / curve / f"{cat}.json").read_text())
         assert (repo / "plots" / "gif" / f"{cat}.gif").read_bytes()[:6] == b"GIF89a"
+        assert json.loads((repo / "dvclive" / cat / "metrics.json").read_text())["step"] == 1
     summary = json.loads((repo / "metrics" / "summary.json").read_text())
-    assert set(summary) == {"mean", "weave", "washer"}
+    assert set(summary["mean"]) == {"image_auroc", "pixel_auroc", "pixel_f1_max", "pixel_f1", "aupro"}
     assert "| Metric | weave | washer | Avg |" in (repo / "reports" / "results.md").read_text()
     shown = dvc(repo, "metrics", "show")
-    assert "metrics/dfr/weave.json" in shown and "image_auroc" in shown
+    assert "metrics/cfa/weave.json" in shown and "image_auroc" in shown and "dvclive/weave/metrics.json" in shown
 
 
 def test_second_repro_runs_nothing(repo):
@@ -88,11 +92,32 @@ def test_second_repro_runs_nothing(repo):
     assert "Data and pipelines are up to date" in out
 
 
+def test_other_methods_params_do_not_invalidate_cached_work(repo):
+    set_params(repo, {"dfr": {"epochs": 4, "lr": 0.01}})
+    assert ran(dvc(repo, "repro")) == set()
+
+
+def test_exp_run_switches_method_and_back_from_the_cache(repo):
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(["git", "commit", "-qm", "baseline"], cwd=repo, check=True)
+    out = dvc(repo, "exp", "run", "-n", "with-dfr", "-S", "model=dfr")
+    assert ran(out) == {"train@weave", "train@washer", "evaluate@weave", "evaluate@washer", "render@weave",
+                        "render@washer", "report"}
+    assert json.loads((repo / "metrics" / "dfr" / "weave.json").read_text())["pixel_auroc"] > 0
+    assert "# Results: DFR" in (repo / "reports" / "results.md").read_text()
+    out = dvc(repo, "exp", "run", "-n", "back-to-cfa", "-S", "model=cfa")
+    assert not {s for s in ran(out) if s.startswith(("train@", "evaluate@"))}, "CFA must come from the cache"
+    assert "is cached - skipping run" in out
+    table = json.loads(dvc(repo, "exp", "show", "--json"))
+    names = {exp.get("name") for commit in table for exp in (commit.get("experiments") or [])}
+    assert {"with-dfr", "back-to-cfa"} <= names
+
+
 def test_adding_a_category_runs_only_its_stages_and_the_report(repo):
     set_params(repo, {"categories": ["weave", "washer", "grain"]})
     out = dvc(repo, "repro")
     # download regenerates the dataset deterministically; the other categories' data is
     # byte-identical, so none of their prepare/train/evaluate/render stages rerun
     assert ran(out) == {"download", "prepare@grain", "train@grain", "evaluate@grain", "render@grain", "report"}
-    assert set(json.loads((repo / "metrics" / "summary.json").read_text())) == {"mean", "weave", "washer",
-                                                                                  "grain"}
+    assert (repo / "metrics" / "cfa" / "grain.json").exists()
+    assert "| Metric | weave | washer | grain | Avg |" in (repo / "reports" / "results.md").read_text()

@@ -15,14 +15,15 @@ from .conftest import REPO, tiny_config
 
 
 def run(cfg, prepared, root):
-    train_category(cfg, prepared, root / "models")
+    train_category(cfg, prepared, root / "models", root / "dvclive", root / "plots" / "loss" / "weave.json")
     return evaluate_category(cfg, "weave", prepared=prepared, model_dir=root / "models",
                              scores_dir=root / "scores", metrics_path=root / "metrics" / "weave.json",
                              perf_path=root / "metrics" / "weave.perf.json", plots_dir=root / "plots")
 
 
-def test_train_evaluate_render_outputs(prepared, tmp_path):
-    cfg = tiny_config(dfr={"epochs": 3})
+@pytest.mark.parametrize("model", ["cfa", "dfr"])
+def test_train_evaluate_render_outputs(prepared, tmp_path, model):
+    cfg = tiny_config(model=model, dfr={"epochs": 3}, cfa={"epochs": 2})
     result = run(cfg, prepared, tmp_path)
     assert set(result) == {"image_auroc", "pixel_auroc", "pixel_f1_max", "pixel_f1", "aupro"}
     assert all(0 <= v <= 1 for v in result.values())
@@ -32,13 +33,19 @@ def test_train_evaluate_render_outputs(prepared, tmp_path):
         assert json.loads((tmp_path / "plots" / name / "weave.json").read_text())
     maps = np.load(tmp_path / "scores" / "maps.npy")
     assert maps.shape == (12, 64, 64) and maps.dtype == np.float32
+    live = json.loads((tmp_path / "dvclive" / "metrics.json").read_text())
+    assert live["step"] == cfg.method().epochs - 1 and live["loss"] > 0
+    curve = json.loads((tmp_path / "plots" / "loss" / "weave.json").read_text())
+    assert [r["step"] for r in curve] == list(range(cfg.method().epochs)) and curve[-1]["loss"] == pytest.approx(
+        live["loss"], rel=1e-5)
     frames = render_category("weave", prepared=prepared, scores_dir=tmp_path / "scores",
                              model_dir=tmp_path / "models", out=tmp_path / "w.gif", frame_ms=100, max_frames=5)
     assert frames == 5 and (tmp_path / "w.gif").stat().st_size > 0
 
 
-def test_same_params_same_metrics_file(prepared, tmp_path):
-    cfg = tiny_config(dfr={"epochs": 2})
+@pytest.mark.parametrize("model", ["cfa", "dfr"])
+def test_same_params_same_metrics_file(prepared, tmp_path, model):
+    cfg = tiny_config(model=model, dfr={"epochs": 2}, cfa={"epochs": 2})
     run(cfg, prepared, tmp_path / "a")
     run(cfg, prepared, tmp_path / "b")
     assert (tmp_path / "a" / "metrics" / "weave.json").read_bytes() == \
@@ -46,7 +53,7 @@ def test_same_params_same_metrics_file(prepared, tmp_path):
 
 
 @pytest.mark.parametrize("params, message", [
-    ("model: knn\n", "error: params.yaml: model: 'knn' is not valid; choose one of ['dfr']"),
+    ("model: knn\n", "error: params.yaml: model: 'knn' is not valid; choose one of ['cfa', 'dfr']"),
     ("dfr:\n  backbone: alexnet\n", "dfr.backbone: 'alexnet' is not supported; choose one of"),
     ("device: tpu\n", "device: 'tpu' is not valid"),
     ("dataset: kitti\n", "dataset: 'kitti' is not valid; choose one of ['demo', 'folder']"),

@@ -29,3 +29,12 @@ def test_dry_run_writes_nothing_and_invalid_presets_are_refused(tmp_path, capsys
     with pytest.raises(ConfigError, match="would make params invalid: dfr.epochs"):
         apply(params, [bad])
     assert params.read_text() == original
+
+
+def test_cfa_paper_preset(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text())
+    apply(params, [REPO / "presets" / "cfa_paper.yaml"])
+    cfg = load_config(params)
+    assert (cfg.model, cfg.cfa.backbone, cfg.image_size, cfg.cfa.epochs) == ("cfa", "wide_resnet50_2", 256, 30)
+    assert cfg.layers() == ("layer1", "layer2", "layer3") and cfg.prepare.resize == "lanczos"

@@ -88,6 +88,27 @@ class DFRConfig(BackboneConfig):
 
 
 @dataclass(frozen=True)
+class CFAConfig(BackboneConfig):
+    # Defaults are the official code's (ALGORITHMS.md section 2): learned radius, so
+    # the repulsion term is active; 3x3 pooling on every layer.
+    gamma_d: int = 1  # descriptor output = input channels / gamma_d
+    gamma_c: int = 1  # memory bank = H*W / gamma_c items (k-means when > 1)
+    k: int = 3  # nearest memory items attracted (and used for scoring)
+    j: int = 3  # next-nearest items repelled (hard negatives)
+    alpha: float = 0.1  # repulsion margin on squared distances
+    nu: float = 1e-3  # loss scale 1/nu
+    radius: float = 1e-5  # initial hypersphere radius r
+    learn_radius: bool = True  # official code: r is optimised; anomalib keeps it fixed
+    epochs: int = 30
+    batch_size: int = 4
+    lr: float = 1e-3
+    weight_decay: float = 5e-4
+    amsgrad: bool = True
+    blur_sigma: float = 4.0  # Gaussian smoothing of the upsampled map (0 = off)
+    kmeans_iters: int = 300
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     # Deployable threshold: the score exceeded by this fraction of pixels of the
     # normal training images (DFR's expect_fpr); stored with the model.
@@ -105,7 +126,7 @@ class RenderConfig:
 
 @dataclass(frozen=True)
 class Config:
-    model: Literal["dfr"] = "dfr"
+    model: Literal["cfa", "dfr"] = "cfa"
     dataset: Literal["demo", "folder"] = "demo"
     categories: list[str] = field(default_factory=lambda: ["weave", "washer"])
     image_size: int = 128
@@ -115,6 +136,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     dfr: DFRConfig = field(default_factory=DFRConfig)
+    cfa: CFAConfig = field(default_factory=CFAConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
 
@@ -249,6 +271,11 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"dfr.stride: {d.stride} must not exceed dfr.kernel ({d.kernel})")
     if cfg.image_size % d.stride:
         raise ConfigError(f"dfr.stride: image_size {cfg.image_size} must be divisible by the stride {d.stride}")
+    c = cfg.cfa
+    _positive(c, "cfa", ("gamma_d", "gamma_c", "k", "epochs", "batch_size", "kmeans_iters"))
+    _positive(c, "cfa", ("j",), allow_zero=True)
+    _positive(c, "cfa", ("lr", "nu", "radius"))
+    _positive(c, "cfa", ("alpha", "weight_decay", "blur_sigma"), allow_zero=True)
     e = cfg.evaluate
     if not 0 < e.target_fpr < 1:
         raise ConfigError(f"evaluate.target_fpr: {e.target_fpr} must be in (0, 1)")
@@ -272,7 +299,8 @@ def _positive(section: Any, where: str, names: tuple[str, ...], allow_zero: bool
     for name in names:
         value = getattr(section, name)
         if value < 0 or (value == 0 and not allow_zero):
-            raise ConfigError(f"{where}.{name}: {value} must be positive")
+            bound = "must be >= 0" if allow_zero else "must be positive"
+            raise ConfigError(f"{where}.{name}: {value} {bound}")
 
 
 def config_from_dict(data: dict) -> Config:

@@ -4,22 +4,49 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dvclive import Live
+from scmrepo.exceptions import SCMError
+
 from uad import methods
+from uad.artifacts import write_json
 from uad.config import Config
 from uad.data.prepared import load_split
-from uad.methods.base import EpochLog
+from uad.errors import UadError
 from uad.runtime import configure_precision, describe_device, measure, resolve_device, seed_everything
 
 
-def train_category(cfg: Config, prepared: str | Path, out: str | Path, log: EpochLog | None = None) -> Path:
-    """Fit, calibrate the deployable threshold on the same normal images, save to `out`."""
+def _live(live_dir: str | Path) -> Live:
+    try:
+        return Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None)
+    except SCMError as exc:  # dvclive reads HEAD even when it saves no experiment
+        raise UadError(f"DVCLive needs a git repository with at least one commit ({exc}); "
+                       f"run `git commit` once, then repeat") from None
+
+
+def train_category(cfg: Config, prepared: str | Path, out: str | Path, live_dir: str | Path,
+                   curve: str | Path) -> Path:
+    """Fit, calibrate the deployable threshold on the same normal images, save to `out`.
+
+    Every epoch's losses are logged with DVCLive to `live_dir/metrics.json` (shown
+    by `dvc exp show`) and collected as records in `curve` (`plots/loss/<cat>.json`,
+    one file per category so that one top-level plot draws a series per category).
+    """
     device = resolve_device(cfg.device)
     configure_precision(cfg.precision, device)
     generator = seed_everything(cfg.seed)
     train = load_split(prepared, "train")
     model = methods.create(cfg).to(device)
-    with measure(device) as fit_time:
-        fit = model.fit(train.images, generator, log)
+    history: list[dict[str, float]] = []
+    with _live(live_dir) as live:
+        def log(epoch: int, values: dict[str, float]) -> None:
+            for name, value in values.items():
+                live.log_metric(name, value, plot=False)
+            live.next_step()
+            history.append({"step": epoch, **{k: round(v, 6) for k, v in values.items()}})
+
+        with measure(device) as fit_time:
+            fit = model.fit(train.images, generator, log)
+    write_json(curve, history)
     model.calibrate(train.images, cfg.evaluate.target_fpr, cfg.evaluate.batch_size)
     model.save(out, fit, {"fit_seconds": round(fit_time.seconds, 3),
                           "fit_peak_memory_mb": round(fit_time.peak_memory_mb, 1),

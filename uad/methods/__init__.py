@@ -9,9 +9,10 @@ import torch
 from uad.config import Config
 from uad.artifacts import MODEL_FILE
 from uad.methods.base import AnomalyMethod, FitInfo, Scores
+from uad.methods.cfa import CFA
 from uad.methods.dfr import DFR
 
-METHODS: dict[str, type[AnomalyMethod]] = {cls.name: cls for cls in (DFR,)}
+METHODS: dict[str, type[AnomalyMethod]] = {cls.name: cls for cls in (CFA, DFR)}
 
 
 def create(cfg: Config) -> AnomalyMethod:

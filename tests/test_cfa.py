@@ -1,0 +1,142 @@
+import numpy as np
+import pytest
+import torch
+
+from uad import methods
+from uad.data.prepared import load_split
+from uad.methods.cfa import (
+    CFA,
+    CoordConvDescriptor,
+    gaussian_kernel_size,
+    kmeans,
+    soft_boundary_loss,
+    softmin_score,
+    squared_distances,
+)
+from uad.runtime import seed_everything
+
+from .conftest import tiny_config
+
+
+def test_squared_distances_equal_cdist():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(50, 7, generator=g), torch.randn(9, 7, generator=g)
+    torch.testing.assert_close(squared_distances(a, b), torch.cdist(a, b) ** 2, rtol=1e-4, atol=1e-4)
+
+
+def test_coordconv_descriptor_shapes_and_coordinates():
+    d = CoordConvDescriptor(6, 3)
+    assert d.conv.in_channels == 8 and d.conv.kernel_size == (1, 1)
+    out = d(torch.randn(2, 6, 5, 7))
+    assert out.shape == (2, 3, 5, 7)
+    with torch.no_grad():  # read the coordinate channels back through the conv
+        d.conv.weight.zero_()
+        d.conv.bias.zero_()
+        d.conv.weight[0, 6] = 1.0  # row coordinate
+        d.conv.weight[1, 7] = 1.0  # column coordinate
+    out = d(torch.zeros(1, 6, 5, 7))
+    torch.testing.assert_close(out[0, 0, :, 0], torch.linspace(-1, 1, 5))
+    torch.testing.assert_close(out[0, 1, 0, :], torch.linspace(-1, 1, 7))
+
+
+def test_soft_boundary_loss_on_a_hand_made_example():
+    # one patch, squared distances to 6 memory items (unsorted on purpose)
+    dist2 = torch.tensor([[0.5, 0.01, 3.0, 0.02, 0.2, 0.03]])
+    r = torch.tensor(0.1)  # r^2 = 0.01
+    att, rep = soft_boundary_loss(dist2, r, k=3, j=3, alpha=0.1, nu=1.0)
+    # K nearest: 0.01, 0.02, 0.03 -> excess over r^2: 0, 0.01, 0.02 -> mean 0.01
+    assert att.item() == pytest.approx(0.01)
+    # next J: 0.2, 0.5, 3.0 are all beyond r^2 - alpha -> no repulsion
+    assert rep.item() == pytest.approx(0.0)
+    # a large radius makes the hard negatives too close: r^2 = 1.0
+    att, rep = soft_boundary_loss(dist2, torch.tensor(1.0), k=3, j=3, alpha=0.1, nu=1e-3)
+    assert att.item() == pytest.approx(0.0)
+    # (1.0 - 0.2 - 0.1) + (1.0 - 0.5 - 0.1) + 0 = 1.1, mean over 3 = 0.3667, times 1/nu
+    assert rep.item() == pytest.approx(1.1 / 3 * 1000, rel=1e-5)
+
+
+def test_soft_boundary_loss_gradient_moves_the_radius():
+    r = torch.nn.Parameter(torch.tensor(0.1))
+    att, rep = soft_boundary_loss(torch.tensor([[0.5, 0.6, 0.7, 5.0, 6.0, 7.0]]), r, 3, 3, 0.1, 1.0)
+    (att + rep).backward()
+    assert r.grad < 0  # patches outside the sphere pull r outwards
+
+
+def test_score_is_monotone_in_distance():
+    memory = torch.zeros(4, 3)
+    memory[1:, 0] = torch.tensor([5.0, 6.0, 7.0])  # one item at the origin, three far away
+    steps = torch.linspace(0, 2, 21)
+    patches = torch.zeros(21, 3)
+    patches[:, 1] = steps  # moving away from the origin item, orthogonally to the others
+    scores = softmin_score(squared_distances(patches, memory), k=3)
+    assert scores[0] == 0 and (scores.diff() > 0).all()
+
+
+def test_kmeans_recovers_separated_clusters():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    points = (centres[:, None] + 0.1 * torch.randn(3, 40, 2, generator=g)).reshape(-1, 2)
+    found = kmeans(points, 3, 50, torch.Generator().manual_seed(1))
+    assert found.shape == (3, 2)
+    nearest = torch.cdist(centres, found).min(1).values
+    assert (nearest < 0.1).all()
+
+
+def test_gaussian_kernel_matches_scipy_truncation():
+    assert gaussian_kernel_size(4.0) == 33 and gaussian_kernel_size(1.0) == 9
+
+
+def fitted(prepared, n_images=None, **cfa):
+    cfg = tiny_config(model="cfa", cfa={"epochs": 2, **cfa})
+    model = methods.create(cfg)
+    images = load_split(prepared, "train").images[:n_images]
+    history = []
+    info = model.fit(images, seed_everything(cfg.seed), lambda e, logs: history.append(logs))
+    model.calibrate(images, cfg.evaluate.target_fpr, 8)
+    return cfg, model, info, history
+
+
+def test_memory_bank_is_the_per_location_mean_and_independent_of_the_image_count(prepared):
+    cfg = tiny_config(model="cfa", cfa={"epochs": 1})
+    images = load_split(prepared, "train").images
+    for n in (4, 8):
+        model = methods.create(cfg)
+        seed_everything(0)
+        feats = model.patch_features(images[:n])
+        model._init_memory(feats, torch.Generator().manual_seed(0))
+        grid = 64 // model.extractor.strides[0]
+        assert model.memory.shape == (grid * grid, sum(model.extractor.channels))
+        with torch.no_grad():
+            expected = model.descriptor(feats).mean(0).flatten(1).T
+        torch.testing.assert_close(model.memory, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_gamma_c_compresses_the_memory_bank(prepared):
+    _, model, info, _ = fitted(prepared, gamma_c=4, gamma_d=2, epochs=1, kmeans_iters=20)
+    grid = 64 // model.extractor.strides[0]
+    assert info.extra["memory_size"] == grid * grid // 4 == len(model.memory)
+    assert model.memory.shape[1] == sum(model.extractor.channels) // 2
+
+
+def test_cfa_trains_learns_the_radius_and_round_trips(prepared, tmp_path):
+    cfg, model, info, history = fitted(prepared, epochs=3)
+    assert isinstance(model, CFA) and len(history) == 3
+    assert history[-1]["loss_attract"] < history[0]["loss_attract"]
+    assert history[-1]["radius"] != pytest.approx(1e-5)  # learned, as in the official code
+    test = load_split(prepared, "test")
+    scores = model.score(test.images, 5)
+    assert scores.maps.shape == (len(test), 64, 64) and torch.isfinite(scores.maps).all()
+    model.save(tmp_path / "m", info, {})
+    again = methods.load(tmp_path / "m", cfg)
+    torch.testing.assert_close(again.score(test.images, 3).maps, scores.maps, rtol=0, atol=0)
+    _, fixed, _, fixed_history = fitted(prepared, epochs=2, learn_radius=False)
+    assert fixed_history[-1]["radius"] == pytest.approx(1e-5)
+
+
+def test_cfa_flags_defects(prepared):
+    _, model, _, _ = fitted(prepared, epochs=5)
+    test = load_split(prepared, "test")
+    maps = model.score(test.images, 8).maps.numpy()
+    inside = np.array([m[k > 0].mean() for m, k in zip(maps, test.masks) if k.any()])
+    outside = np.array([m[k == 0].mean() for m, k in zip(maps, test.masks) if k.any()])
+    assert np.mean(inside > outside) >= 0.75
