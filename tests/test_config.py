@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from uad.config import ConfigError, config_from_dict, load_config
+from uad.config import ConfigError, config_from_dict, load_config, merge
 from uad.zoo import BACKBONES, default_layers
 
 from .conftest import REPO
@@ -23,8 +23,6 @@ def test_committed_params_load_and_validate():
 
 @pytest.mark.parametrize("preset", sorted((REPO / "presets").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_preset_loads_merged_into_params(preset):
-    from uad.preset import merge
-
     merged = merge(yaml.safe_load((REPO / "params.yaml").read_text()), yaml.safe_load(preset.read_text()))
     cfg = config_from_dict(merged)
     assert cfg.image_size >= 64

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from uad.preset import merge
+from uad.config import merge
 
-from .conftest import REPO
+from .conftest import REPO, SHARED
 
 pytestmark = pytest.mark.e2e
 
@@ -121,3 +121,13 @@ def test_adding_a_category_runs_only_its_stages_and_the_report(repo):
     assert ran(out) == {"download", "prepare@grain", "train@grain", "evaluate@grain", "render@grain", "report"}
     assert (repo / "metrics" / "cfa" / "grain.json").exists()
     assert "| Metric | weave | washer | grain | Avg |" in (repo / "reports" / "results.md").read_text()
+
+
+@pytest.mark.skipif(not (SHARED / "datasets" / "mtd").is_dir(), reason="../shared/datasets/mtd not present")
+def test_exp_run_on_magnetic_tile_defects_offline(repo):
+    out = dvc(repo, "exp", "run", "-n", "mtd", "-S", "dataset=mtd", "-S", "categories=[magnetic_tile]",
+              "-S", f"data.mtd.source={SHARED / 'datasets' / 'mtd'}", "-S", "cfa.epochs=1")
+    assert {"download", "prepare@magnetic_tile", "train@magnetic_tile", "report"} <= ran(out)
+    metrics = json.loads((repo / "metrics" / "cfa" / "magnetic_tile.json").read_text())
+    assert metrics["image_auroc"] > 0.5 and metrics["pixel_auroc"] > 0.5
+    assert "| Metric | magnetic_tile | Avg |" in (repo / "reports" / "results.md").read_text()

@@ -56,7 +56,7 @@ def test_same_params_same_metrics_file(prepared, tmp_path, model):
     ("model: knn\n", "error: params.yaml: model: 'knn' is not valid; choose one of ['cfa', 'dfr']"),
     ("dfr:\n  backbone: alexnet\n", "dfr.backbone: 'alexnet' is not supported; choose one of"),
     ("device: tpu\n", "device: 'tpu' is not valid"),
-    ("dataset: kitti\n", "dataset: 'kitti' is not valid; choose one of ['demo', 'folder']"),
+    ("dataset: kitti\n", "dataset: 'kitti' is not valid; choose one of ['demo', 'mvtec_ad', 'mtd', 'folder']"),
 ])
 def test_stage_fails_before_any_work_with_the_choices(tmp_path, params, message):
     (tmp_path / "params.yaml").write_text(params)

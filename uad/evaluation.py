@@ -27,7 +27,7 @@ def evaluate_category(cfg: Config, category: str, *, prepared: str | Path, model
     test = load_split(prepared, "test")
     with measure(device) as timing:
         scores = model.score(test.images, cfg.evaluate.batch_size, desc=f"score {category}")
-    labels = torch.from_numpy(test.labels)
+    labels = torch.from_numpy(test.labels).to(scores.maps.device)
     masks = torch.from_numpy(np.array(test.masks)).to(scores.maps.device)
     threshold = float(model.threshold)
     result = metrics.evaluate(scores.image, labels, scores.maps, masks, threshold, cfg.evaluate.aupro_fpr_limit)

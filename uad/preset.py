@@ -18,16 +18,7 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-from uad.config import ConfigError, config_from_dict
-
-
-def merge(base: Any, overlay: Any) -> Any:
-    """Recursive merge: mappings merge key by key, anything else in `overlay` replaces `base`."""
-    if isinstance(base, Mapping) and isinstance(overlay, Mapping):
-        for key, value in overlay.items():
-            base[key] = merge(base[key], value) if key in base else value
-        return base
-    return overlay
+from uad.config import ConfigError, config_from_dict, merge
 
 
 def _plain(node: Any) -> Any:

@@ -2,34 +2,48 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-
-from dvclive import Live
-from scmrepo.exceptions import SCMError
 
 from uad import methods
 from uad.artifacts import write_json
 from uad.config import Config
 from uad.data.prepared import load_split
 from uad.errors import UadError
+from uad.methods.base import EpochLog
 from uad.runtime import configure_precision, describe_device, measure, resolve_device, seed_everything
 
 
-def _live(live_dir: str | Path) -> Live:
+@contextlib.contextmanager
+def dvclive_logger(live_dir: str | Path | None) -> Iterator[EpochLog | None]:
+    """An epoch logger writing to DVCLive in `live_dir` (None: no logging, dvclive not imported)."""
+    if live_dir is None:
+        yield None
+        return
+    from dvclive import Live  # imported here: benchmarks on machines without DVC skip it
+    from scmrepo.exceptions import SCMError
+
     try:
-        return Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None)
+        live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None)
     except SCMError as exc:  # dvclive reads HEAD even when it saves no experiment
         raise UadError(f"DVCLive needs a git repository with at least one commit ({exc}); "
                        f"run `git commit` once, then repeat") from None
+    with live:
+        def log(epoch: int, values: dict[str, float]) -> None:
+            for name, value in values.items():
+                live.log_metric(name, value, plot=False)
+            live.next_step()
+        yield log
 
 
-def train_category(cfg: Config, prepared: str | Path, out: str | Path, live_dir: str | Path,
-                   curve: str | Path) -> Path:
+def train_category(cfg: Config, prepared: str | Path, out: str | Path, live_dir: str | Path | None = None,
+                   curve: str | Path | None = None) -> Path:
     """Fit, calibrate the deployable threshold on the same normal images, save to `out`.
 
     Every epoch's losses are logged with DVCLive to `live_dir/metrics.json` (shown
     by `dvc exp show`) and collected as records in `curve` (`plots/loss/<cat>.json`,
-    one file per category so that one top-level plot draws a series per category).
+    one file per category).
     """
     device = resolve_device(cfg.device)
     configure_precision(cfg.precision, device)
@@ -37,16 +51,16 @@ def train_category(cfg: Config, prepared: str | Path, out: str | Path, live_dir:
     train = load_split(prepared, "train")
     model = methods.create(cfg).to(device)
     history: list[dict[str, float]] = []
-    with _live(live_dir) as live:
+    with dvclive_logger(live_dir) as live_log:
         def log(epoch: int, values: dict[str, float]) -> None:
-            for name, value in values.items():
-                live.log_metric(name, value, plot=False)
-            live.next_step()
+            if live_log:
+                live_log(epoch, values)
             history.append({"step": epoch, **{k: round(v, 6) for k, v in values.items()}})
 
         with measure(device) as fit_time:
             fit = model.fit(train.images, generator, log)
-    write_json(curve, history)
+    if curve is not None:
+        write_json(curve, history)
     model.calibrate(train.images, cfg.evaluate.target_fpr, cfg.evaluate.batch_size)
     model.save(out, fit, {"fit_seconds": round(fit_time.seconds, 3),
                           "fit_peak_memory_mb": round(fit_time.peak_memory_mb, 1),
