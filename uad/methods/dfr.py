@@ -90,7 +90,8 @@ def pca_dimension(features: torch.Tensor, variance: float) -> int:
     x = x - x.mean(0)
     eig = torch.linalg.eigvalsh(x.T @ x / max(len(x) - 1, 1)).flip(0).clamp_min(0)
     ratio = eig.cumsum(0) / eig.sum()
-    return int(torch.searchsorted(ratio, torch.tensor(variance, dtype=ratio.dtype) - 1e-12).item()) + 1
+    target = torch.tensor(variance - 1e-12, dtype=ratio.dtype, device=ratio.device)
+    return int(torch.searchsorted(ratio, target).item()) + 1
 
 
 class DFR(AnomalyMethod):
