@@ -92,10 +92,10 @@ def main() -> None:
             per_cat = {}
             for cat in cfg.categories:
                 out = work / model / str(rep) / cat
-                train_category(cfg, work / "prepared" / cat, out / "model", curve=out / "loss.json")
+                train_category(cfg, work / "prepared" / cat, out / "model")
                 metrics = evaluate_category(cfg, cat, prepared=work / "prepared" / cat, model_dir=out / "model",
                                             scores_dir=out / "scores", metrics_path=out / "metrics.json",
-                                            perf_path=out / "perf.json", plots_dir=out / "plots")
+                                            perf_path=out / "perf.json")
                 perf = json.loads((out / "perf.json").read_text())
                 per_cat[cat] = {**metrics, **perf}
                 print(json.dumps({"model": model, "repeat": rep, "category": cat, **per_cat[cat]}), flush=True)

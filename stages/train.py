@@ -1,6 +1,6 @@
 """Stage `train@<category>`: fit the method selected by `model` on the normal training images.
 
-usage: python stages/train.py PREPARED_DIR MODEL_DIR DVCLIVE_DIR LOSS_CURVE_JSON
+usage: python stages/train.py PREPARED_DIR MODEL_DIR DVCLIVE_DIR
 """
 
 from uad.cli import run_stage

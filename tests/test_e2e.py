@@ -75,15 +75,25 @@ def test_repro_produces_metrics_curves_gifs_and_report(repo):
         assert set(metrics) == {"image_auroc", "pixel_auroc", "pixel_f1_max", "pixel_f1", "aupro"}
         assert all(0 <= v <= 1 for v in metrics.values())
         assert json.loads((repo / "metrics" / "cfa" / f"{cat}.perf.json").read_text())["fit_seconds"] > 0
-        for curve in ("roc_image", "roc_pixel", "pr_pixel"):
-            assert json.loads((repo / "plots" / curve / f"{cat}.json").read_text())
         assert (repo / "plots" / "gif" / f"{cat}.gif").read_bytes()[:6] == b"GIF89a"
+    for curve in ("roc_image", "roc_pixel", "pr_pixel", "loss"):
+        assert {p["category"] for p in json.loads((repo / "plots" / f"{curve}.json").read_text())} == {"weave",
+                                                                                                      "washer"}
         assert json.loads((repo / "dvclive" / cat / "metrics.json").read_text())["step"] == 1
     summary = json.loads((repo / "metrics" / "summary.json").read_text())
     assert set(summary["mean"]) == {"image_auroc", "pixel_auroc", "pixel_f1_max", "pixel_f1", "aupro"}
     assert "| Metric | weave | washer | Avg |" in (repo / "reports" / "results.md").read_text()
     shown = dvc(repo, "metrics", "show")
     assert "metrics/cfa/weave.json" in shown and "image_auroc" in shown and "dvclive/weave/metrics.json" in shown
+
+
+def test_plots_show_names_every_curve_and_category(repo, tmp_path):
+    dvc(repo, "plots", "show", "-o", str(tmp_path / "html"))
+    html = (tmp_path / "html" / "index.html").read_text()
+    for title in ("Image ROC", "Pixel ROC", "Pixel precision-recall", "Training loss per epoch"):
+        assert f'"text": "{title}"' in html
+    assert '"field": "category"' in html and '"category": "weave"' in html and '"category": "washer"' in html
+    assert "plots_gif_weave.gif" in html and "plots_gif_washer.gif" in html
 
 
 def test_second_repro_runs_nothing(repo):
@@ -111,6 +121,25 @@ def test_exp_run_switches_method_and_back_from_the_cache(repo):
     table = json.loads(dvc(repo, "exp", "show", "--json"))
     names = {exp.get("name") for commit in table for exp in (commit.get("experiments") or [])}
     assert {"with-dfr", "back-to-cfa"} <= names
+    diff = repo / "diff.html"
+    dvc(repo, "plots", "diff", "with-dfr", "back-to-cfa", "-o", str(diff))
+    html = (diff / "index.html").read_text()
+    assert '"rev": "with-dfr"' in html and '"rev": "back-to-cfa"' in html
+
+
+def test_three_seeds_through_the_queue_aggregate(repo):
+    for seed in (11, 12, 13):
+        dvc(repo, "exp", "run", "--queue", "-S", f"seed={seed}")
+    dvc(repo, "exp", "run", "--run-all")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run([sys.executable, "-m", "uad.seeds", "--out", str(repo / "seeds.json")], cwd=repo,
+                          env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    groups = [g for g in json.loads((repo / "seeds.json").read_text()) if {11, 12, 13} <= set(g["seeds"])]
+    assert groups and groups[0]["model"] == "cfa"
+    stats = groups[0]["stats"]["weave"]["image_auroc"]
+    assert stats["n"] >= 3 and 0 <= stats["mean"] <= 1 and stats["std"] >= 0
+    assert "| image_auroc |" in proc.stdout and " ± " in proc.stdout
 
 
 def test_adding_a_category_runs_only_its_stages_and_the_report(repo):

@@ -15,10 +15,10 @@ from .conftest import REPO, tiny_config
 
 
 def run(cfg, prepared, root):
-    train_category(cfg, prepared, root / "models", root / "dvclive", root / "plots" / "loss" / "weave.json")
+    train_category(cfg, prepared, root / "models", root / "dvclive")
     return evaluate_category(cfg, "weave", prepared=prepared, model_dir=root / "models",
                              scores_dir=root / "scores", metrics_path=root / "metrics" / "weave.json",
-                             perf_path=root / "metrics" / "weave.perf.json", plots_dir=root / "plots")
+                             perf_path=root / "metrics" / "weave.perf.json")
 
 
 @pytest.mark.parametrize("model", ["cfa", "dfr"])
@@ -29,13 +29,13 @@ def test_train_evaluate_render_outputs(prepared, tmp_path, model):
     assert all(0 <= v <= 1 for v in result.values())
     perf = json.loads((tmp_path / "metrics" / "weave.perf.json").read_text())
     assert perf["score_images_per_s"] > 0 and perf["fit_seconds"] > 0 and perf["device"].startswith("cpu")
-    for name in ("roc_image", "roc_pixel", "pr_pixel"):
-        assert json.loads((tmp_path / "plots" / name / "weave.json").read_text())
+    curves = json.loads((tmp_path / "scores" / "curves.json").read_text())
+    assert set(curves) == {"roc_image", "roc_pixel", "pr_pixel"} and all(curves.values())
     maps = np.load(tmp_path / "scores" / "maps.npy")
     assert maps.shape == (12, 64, 64) and maps.dtype == np.float32
     live = json.loads((tmp_path / "dvclive" / "metrics.json").read_text())
     assert live["step"] == cfg.method().epochs - 1 and live["loss"] > 0
-    curve = json.loads((tmp_path / "plots" / "loss" / "weave.json").read_text())
+    curve = json.loads((tmp_path / "models" / "loss.json").read_text())
     assert [r["step"] for r in curve] == list(range(cfg.method().epochs)) and curve[-1]["loss"] == pytest.approx(
         live["loss"], rel=1e-5)
     frames = render_category("weave", prepared=prepared, scores_dir=tmp_path / "scores",

@@ -14,6 +14,8 @@ MODEL_FILE = "model.pt"  # method weights and sizes (torch)
 INFO_FILE = "model.json"  # human-readable: backbone, threshold, normal statistics, fit timing
 MAPS_FILE = "maps.npy"  # (N, H, W) float32 anomaly maps of the test split
 IMAGE_SCORES_FILE = "image_scores.npy"  # (N,) float32
+CURVES_FILE = "curves.json"  # thinned ROC/PR curves of the test split (evaluate)
+LOSS_FILE = "loss.json"  # per-epoch training losses (train)
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -152,6 +152,12 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class GateConfig:
+    # CI fails when any metric of any category drops by more than this (absolute)
+    tolerance: float = 0.01
+
+
+@dataclass(frozen=True)
 class RenderConfig:
     frame_ms: int = 600
     max_frames: int = 60
@@ -172,6 +178,7 @@ class Config:
     cfa: CFAConfig = field(default_factory=CFAConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
 
     def method(self) -> BackboneConfig:
         """The section of the selected method (`cfg.dfr` when model is dfr)."""
@@ -318,6 +325,8 @@ def _check(cfg: Config) -> None:
     if e.curve_points < 2:
         raise ConfigError(f"evaluate.curve_points: {e.curve_points} must be at least 2")
     _positive(cfg.render, "render", ("frame_ms", "max_frames"))
+    if not 0 <= cfg.gate.tolerance < 1:
+        raise ConfigError(f"gate.tolerance: {cfg.gate.tolerance} must be in [0, 1)")
     demo = cfg.data.demo
     _positive(demo, "data.demo", ("n_train", "n_test_good", "n_test_defect"))
     if demo.image_size < 32:

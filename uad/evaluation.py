@@ -10,16 +10,12 @@ import torch
 from uad import methods, metrics
 from uad.config import Config
 from uad.data.prepared import load_split
-from uad.artifacts import IMAGE_SCORES_FILE, MAPS_FILE, read_model_info, write_json
+from uad.artifacts import CURVES_FILE, IMAGE_SCORES_FILE, MAPS_FILE, read_model_info, write_json
 from uad.runtime import configure_precision, describe_device, measure, resolve_device, seed_everything
 
-CURVES = ("roc_image", "roc_pixel", "pr_pixel")
-
-
 def evaluate_category(cfg: Config, category: str, *, prepared: str | Path, model_dir: str | Path,
-                      scores_dir: str | Path, metrics_path: str | Path, perf_path: str | Path,
-                      plots_dir: str | Path) -> dict[str, float]:
-    """Score `category`'s test split with the trained model; write maps, metrics, timings, curves."""
+                      scores_dir: str | Path, metrics_path: str | Path, perf_path: str | Path) -> dict[str, float]:
+    """Score `category`'s test split with the trained model; write maps, curves, metrics and timings."""
     device = resolve_device(cfg.device)
     configure_precision(cfg.precision, device)
     seed_everything(cfg.seed)
@@ -45,9 +41,9 @@ def evaluate_category(cfg: Config, category: str, *, prepared: str | Path, model
         "score_peak_memory_mb": round(timing.peak_memory_mb, 1),
         "device": describe_device(device),
     })
-    for name, points in metrics.curves(scores.image, labels, scores.maps, masks, cfg.evaluate.curve_points).items():
-        write_json(Path(plots_dir) / name / f"{category}.json", points)
     scores_dir = Path(scores_dir)
+    write_json(scores_dir / CURVES_FILE,
+               metrics.curves(scores.image, labels, scores.maps, masks, cfg.evaluate.curve_points))
     scores_dir.mkdir(parents=True, exist_ok=True)
     np.save(scores_dir / MAPS_FILE, scores.maps.cpu().numpy().astype(np.float32))
     np.save(scores_dir / IMAGE_SCORES_FILE, scores.image.cpu().numpy().astype(np.float32))

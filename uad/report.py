@@ -6,7 +6,7 @@ import platform
 from importlib.metadata import version
 from pathlib import Path
 
-from uad.artifacts import read_json, write_json
+from uad.artifacts import CURVES_FILE, LOSS_FILE, read_json, write_json
 from uad.config import Config
 
 QUALITY = {
@@ -48,6 +48,26 @@ def _table(title: str, rows: dict[str, str], per_cat: dict[str, dict[str, float]
         cells = [format(per_cat[c][key], fmt) for c in cats]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | **{format(means[key], fmt)}** |")
     return lines
+
+
+PLOTS = ("roc_image", "roc_pixel", "pr_pixel", "loss")
+
+
+def write_plots(categories: list[str], scores_root: str | Path, models_root: str | Path,
+                plots_dir: str | Path) -> None:
+    """One file per curve kind with every category's points, tagged `category`.
+
+    Drawn by the top-level plots in dvc.yaml with the `by_category` template: one
+    line per category, and per revision in `dvc plots diff`.
+    """
+    combined: dict[str, list[dict]] = {k: [] for k in PLOTS}
+    for cat in categories:
+        curves = read_json(Path(scores_root) / cat / CURVES_FILE, f"evaluate@{cat}")
+        curves["loss"] = read_json(Path(models_root) / cat / LOSS_FILE, f"train@{cat}")
+        for kind in PLOTS:
+            combined[kind] += [{**point, "category": cat} for point in curves[kind]]
+    for kind, points in combined.items():
+        write_json(Path(plots_dir) / f"{kind}.json", points)
 
 
 def write_report(cfg: Config, metrics_dir: str | Path, summary_path: str | Path, markdown_path: str | Path) -> dict:

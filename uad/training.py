@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from uad import methods
-from uad.artifacts import write_json
+from uad.artifacts import LOSS_FILE, write_json
 from uad.config import Config
 from uad.data.prepared import load_split
 from uad.errors import UadError
@@ -37,13 +37,11 @@ def dvclive_logger(live_dir: str | Path | None) -> Iterator[EpochLog | None]:
         yield log
 
 
-def train_category(cfg: Config, prepared: str | Path, out: str | Path, live_dir: str | Path | None = None,
-                   curve: str | Path | None = None) -> Path:
+def train_category(cfg: Config, prepared: str | Path, out: str | Path, live_dir: str | Path | None = None) -> Path:
     """Fit, calibrate the deployable threshold on the same normal images, save to `out`.
 
     Every epoch's losses are logged with DVCLive to `live_dir/metrics.json` (shown
-    by `dvc exp show`) and collected as records in `curve` (`plots/loss/<cat>.json`,
-    one file per category).
+    by `dvc exp show`) and saved as records in `out/loss.json` (drawn by `report`).
     """
     device = resolve_device(cfg.device)
     configure_precision(cfg.precision, device)
@@ -59,10 +57,9 @@ def train_category(cfg: Config, prepared: str | Path, out: str | Path, live_dir:
 
         with measure(device) as fit_time:
             fit = model.fit(train.images, generator, log)
-    if curve is not None:
-        write_json(curve, history)
     model.calibrate(train.images, cfg.evaluate.target_fpr, cfg.evaluate.batch_size)
     model.save(out, fit, {"fit_seconds": round(fit_time.seconds, 3),
                           "fit_peak_memory_mb": round(fit_time.peak_memory_mb, 1),
                           "n_train": len(train), "device": describe_device(device)})
+    write_json(Path(out) / LOSS_FILE, history)
     return Path(out)
