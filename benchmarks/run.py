@@ -25,24 +25,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from uad.config import config_from_dict, merge  # noqa: E402
+from uad.config import config_from_dict, dotted, merge  # noqa: E402
 from uad.data.prepared import prepare_category  # noqa: E402
 from uad.data.sources import acquire  # noqa: E402
 from uad.evaluation import evaluate_category  # noqa: E402
 from uad.training import train_category  # noqa: E402
-
-
-def dotted(assignments: list[str]) -> dict:
-    """`a.b=1` strings -> nested dict, values parsed as YAML."""
-    out: dict = {}
-    for item in assignments:
-        key, _, value = item.partition("=")
-        node = out
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(value)
-    return out
 
 
 def commit() -> str:

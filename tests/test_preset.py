@@ -38,3 +38,16 @@ def test_cfa_paper_preset(tmp_path):
     cfg = load_config(params)
     assert (cfg.model, cfg.cfa.backbone, cfg.image_size, cfg.cfa.epochs) == ("cfa", "wide_resnet50_2", 256, 30)
     assert cfg.layers() == ("layer1", "layer2", "layer3") and cfg.prepare.resize == "lanczos"
+
+
+def test_set_assignments_are_parsed_validated_and_keep_comments(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text())
+    lines = apply(params, [], assignments=["model=dfr", "categories=[weave, grain]", "cfa.lr=0.01"])
+    cfg = load_config(params)
+    assert (cfg.model, cfg.categories, cfg.cfa.lr) == ("dfr", ["weave", "grain"], 0.01)
+    assert "model: 'cfa' -> 'dfr'" in lines and "# Parameters of the pipeline" in params.read_text()
+    with pytest.raises(ConfigError, match="--set 'model': expected KEY=VALUE"):
+        apply(params, [], assignments=["model"])
+    with pytest.raises(ConfigError, match="model=svm would make params invalid: model: 'svm' is not valid"):
+        apply(params, [], assignments=["model=svm"])

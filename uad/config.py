@@ -362,6 +362,21 @@ def merge(base: Any, overlay: Any) -> Any:
     return overlay
 
 
+def dotted(assignments: list[str]) -> dict:
+    """`a.b=1` strings -> nested mapping; values are parsed as YAML (`[x, y]`, `0.1`, `true`)."""
+    out: dict = {}
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value)
+    return out
+
+
 def config_from_dict(data: dict) -> Config:
     """Build and validate a Config from a params mapping (missing keys take defaults)."""
     if not isinstance(data, dict):

@@ -2,6 +2,7 @@
 
     python -m uad.preset presets/dfr_paper.yaml            # then: dvc repro
     python -m uad.preset presets/dfr_paper.yaml --dry-run  # show what would change
+    python -m uad.preset --set model=dfr --set dfr.epochs=10
 
 The merged result is validated with the same typed config the stages use before
 anything is written, so a preset can never leave params.yaml invalid.
@@ -18,7 +19,7 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-from uad.config import ConfigError, config_from_dict, merge
+from uad.config import ConfigError, config_from_dict, dotted, merge
 
 
 def _plain(node: Any) -> Any:
@@ -39,7 +40,7 @@ def changes(before: Any, after: Any, prefix: str = "") -> list[str]:
     return [] if before == after else [f"{prefix[:-1]}: {before!r} -> {after!r}"]
 
 
-def apply(params: Path, presets: list[Path], dry_run: bool = False) -> list[str]:
+def apply(params: Path, presets: list[Path], dry_run: bool = False, assignments: list[str] = ()) -> list[str]:
     yaml = YAML()
     yaml.preserve_quotes = True
     doc = yaml.load(params.read_text())
@@ -49,11 +50,13 @@ def apply(params: Path, presets: list[Path], dry_run: bool = False) -> list[str]
         if not isinstance(overlay, Mapping):
             raise ConfigError(f"{preset}: a preset must be a mapping of parameters")
         merge(doc, overlay)
+    merge(doc, dotted(list(assignments)))
     after = _plain(doc)
     try:
         config_from_dict(after)
     except ConfigError as exc:
-        raise ConfigError(f"{', '.join(map(str, presets))} would make params invalid: {exc}") from None
+        what = ", ".join([*map(str, presets), *assignments])
+        raise ConfigError(f"{what} would make params invalid: {exc}") from None
     if not dry_run:
         out = io.StringIO()
         yaml.dump(doc, out)
@@ -63,12 +66,14 @@ def apply(params: Path, presets: list[Path], dry_run: bool = False) -> list[str]
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m uad.preset", description=__doc__.splitlines()[0])
-    parser.add_argument("presets", nargs="+", type=Path, help="YAML files under presets/, applied in order")
+    parser.add_argument("presets", nargs="*", type=Path, help="YAML files under presets/, applied in order")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="one parameter, dotted (applied after the presets)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--dry-run", action="store_true", help="print the changes, write nothing")
     args = parser.parse_args(argv)
     try:
-        lines = apply(args.params, args.presets, args.dry_run)
+        lines = apply(args.params, args.presets, args.dry_run, args.set)
     except (ConfigError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
