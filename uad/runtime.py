@@ -53,10 +53,15 @@ def configure_precision(precision: str, device: torch.device) -> None:
 
 
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast for frozen backbone passes when `precision` is bf16, else a no-op."""
+    """bf16 autocast (backbone, DFR's autoencoder, CFA's descriptor) when `precision` is bf16, else a no-op."""
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def storage_dtype(precision: str) -> torch.dtype:
+    """dtype of backbone features kept in memory during fit: bf16 halves it where bf16 is allowed."""
+    return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
 @dataclass

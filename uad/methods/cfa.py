@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from uad.config import CFAConfig, Config
 from uad.methods.base import AnomalyMethod, EpochLog, FitInfo, batches
+from uad.runtime import autocast, storage_dtype
 
 
 class CoordConvDescriptor(nn.Module):
@@ -45,9 +46,15 @@ class CoordConvDescriptor(nn.Module):
 
 
 def squared_distances(patches: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-    """||p||^2 + ||c||^2 - 2 p.c for every patch (rows) and memory item (columns), one matmul."""
-    return torch.addmm((patches * patches).sum(1, keepdim=True) + (memory * memory).sum(1),
-                       patches, memory.T, alpha=-2.0)
+    """||p||^2 + ||c||^2 - 2 p.c for every patch (rows) and memory item (columns), one matmul.
+
+    Always in fp32, also under bf16 autocast: the expansion cancels, so bf16 would
+    lose the small distances that decide the nearest items.
+    """
+    with torch.autocast(device_type=patches.device.type, enabled=False):
+        patches, memory = patches.float(), memory.float()
+        return torch.addmm((patches * patches).sum(1, keepdim=True) + (memory * memory).sum(1),
+                           patches, memory.T, alpha=-2.0)
 
 
 def soft_boundary_loss(dist2: torch.Tensor, radius: torch.Tensor, k: int, j: int, alpha: float,
@@ -126,12 +133,13 @@ class CFA(AnomalyMethod):
                               if m.shape[-1] != self.grid else m for m in maps], 1)
 
     def _patches(self, feats: torch.Tensor) -> torch.Tensor:
-        return rearrange(self.descriptor(feats), "b d h w -> (b h w) d")
+        """Descriptor output per patch; under bf16 autocast the conv runs in bf16 whatever the storage."""
+        return rearrange(self.descriptor(feats.float()), "b d h w -> (b h w) d")
 
     @torch.no_grad()
     def _init_memory(self, feats: torch.Tensor, generator: torch.Generator) -> None:
         """Per-location mean of the (untrained) descriptor over the training set, then k-means if gamma_c > 1."""
-        mean = sum(self.descriptor(b).sum(0) for b in feats.split(32)) / len(feats)  # (D, H, W)
+        mean = sum(self.descriptor(b.float()).sum(0) for b in feats.split(32)) / len(feats)  # (D, H, W)
         memory = rearrange(mean, "d h w -> (h w) d")
         if self.section.gamma_c > 1:
             memory = kmeans(memory, len(self.memory), self.section.kmeans_iters, generator)
@@ -141,7 +149,9 @@ class CFA(AnomalyMethod):
         c = self.section
         # The backbone is frozen and there is no augmentation: its features are computed
         # once and stay on the device; only the descriptor and r train.
-        feats = torch.cat([self.patch_features(b) for b in batches(images, 32, desc="features")])
+        batch = self.cfg.evaluate.batch_size
+        feats = torch.cat([self.patch_features(b).to(storage_dtype(self.precision))
+                           for b in batches(images, batch, desc="features")])
         self._init_memory(feats, generator)
         optim = torch.optim.AdamW([*self.descriptor.parameters(), self.radius], lr=c.lr,
                                   weight_decay=c.weight_decay, amsgrad=c.amsgrad)
@@ -154,7 +164,8 @@ class CFA(AnomalyMethod):
             totals = torch.zeros(2, device=feats.device)
             for step in range(steps):
                 idx = order[step * c.batch_size: (step + 1) * c.batch_size]
-                dist2 = squared_distances(self._patches(feats[idx]), self.memory)
+                with autocast(self.precision, self.device):
+                    dist2 = squared_distances(self._patches(feats[idx]), self.memory)
                 attract, repel = soft_boundary_loss(dist2, self.radius, c.k, c.j, c.alpha, c.nu)
                 loss = attract + repel
                 optim.zero_grad(set_to_none=True)
@@ -173,7 +184,9 @@ class CFA(AnomalyMethod):
 
     def anomaly_maps(self, images: np.ndarray) -> torch.Tensor:
         feats = self.patch_features(images)
-        scores = softmin_score(squared_distances(self._patches(feats), self.memory), self.section.k)
+        with autocast(self.precision, self.device):
+            patches = self._patches(feats)
+        scores = softmin_score(squared_distances(patches, self.memory), self.section.k)
         maps = rearrange(scores, "(b h w) -> b 1 h w", b=len(feats), h=self.grid)
         maps = F.interpolate(maps, size=self.image_size, mode="bilinear", align_corners=False)
         sigma = self.section.blur_sigma

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from uad.config import Config, DFRConfig
 from uad.methods.base import AnomalyMethod, EpochLog, FitInfo, batches
+from uad.runtime import autocast, storage_dtype
 
 
 def resize_matrix(n_in: int, n_out: int) -> torch.Tensor:
@@ -126,9 +127,11 @@ class DFR(AnomalyMethod):
         cfg = self.section
         # Features once, kept on the device: the backbone is frozen and there is no
         # augmentation, so this equals the paper's per-step recomputation.
-        feats = torch.cat([self.regional_features(b) for b in batches(images, 32, desc="features")])
+        batch = self.cfg.evaluate.batch_size
+        feats = torch.cat([self.regional_features(b).to(storage_dtype(self.precision))
+                           for b in batches(images, batch, desc="features")])
         if cfg.latent_dim == "auto":
-            latent = pca_dimension(feats[: cfg.pca_images], cfg.pca_variance)
+            latent = pca_dimension(feats[: cfg.pca_images].float(), cfg.pca_variance)
         else:
             latent = cfg.latent_dim
         self._build_cae(latent)
@@ -141,7 +144,9 @@ class DFR(AnomalyMethod):
             total = 0.0
             for start in range(0, len(order), cfg.batch_size):
                 x = feats[order[start: start + cfg.batch_size]]
-                loss = F.mse_loss(self.cae(x), x)
+                with autocast(self.precision, self.device):
+                    recon = self.cae(x.float())
+                loss = F.mse_loss(recon.float(), x.float())
                 optim.zero_grad(set_to_none=True)
                 loss.backward()
                 optim.step()
@@ -156,5 +161,7 @@ class DFR(AnomalyMethod):
     def anomaly_maps(self, images: np.ndarray) -> torch.Tensor:
         assert self.cae is not None, "DFR is not fitted"
         x = self.regional_features(images)
-        err = (self.cae(x) - x).pow(2).mean(1, keepdim=True)
+        with autocast(self.precision, self.device):
+            recon = self.cae(x)
+        err = (recon.float() - x).pow(2).mean(1, keepdim=True)
         return F.interpolate(err, size=self.image_size, mode="bilinear", align_corners=True)[:, 0]
