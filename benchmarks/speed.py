@@ -37,7 +37,7 @@ from uad.config import config_from_dict, merge  # noqa: E402
 from uad.data import demo  # noqa: E402
 from uad.data.prepared import load_split, prepare_category  # noqa: E402
 from uad.render import render_gif  # noqa: E402
-from uad.runtime import autocast, measure, resolve_device, seed_everything  # noqa: E402
+from uad.runtime import autocast, configure_precision, measure, resolve_device, seed_everything  # noqa: E402
 
 # MVTec AD: (train good, test good, test defective, image side in pixels)
 MVTEC = {"bottle": (209, 20, 63, 900), "cable": (224, 58, 92, 1024), "capsule": (219, 23, 109, 1000),
@@ -159,6 +159,7 @@ def main() -> None:
             section = params[method]
             section["epochs"] = max(1, round(section["epochs"] * args.epochs_scale))
             cfg = config_from_dict(params)
+            configure_precision(precision, device)
             for cat in args.categories:
                 train, test = load_split(prepared / cat, "train"), load_split(prepared / cat, "test")
                 model = methods.create(cfg).to(device)

@@ -45,8 +45,9 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def configure_precision(precision: str, device: torch.device) -> None:
-    """TF32 matmuls only when asked for; fp32 stays exact fp32."""
-    allow = precision == "tf32"
+    """TF32 matmuls and convolutions for `tf32` and `bf16` (what autocast leaves in fp32, e.g. CFA's
+    distances, then runs on tensor cores); `fp32` stays exact fp32."""
+    allow = precision in ("tf32", "bf16")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = allow
         torch.backends.cudnn.allow_tf32 = allow

@@ -72,12 +72,12 @@ class AnomalyMethod(nn.Module, ABC):
     def device(self) -> torch.device:
         return self.threshold.device
 
-    def features(self, images: np.ndarray) -> list[torch.Tensor]:
-        """Backbone maps of a uint8 NHWC batch, on the model's device, in float32."""
+    def features(self, images: np.ndarray, keep_dtype: bool = False) -> list[torch.Tensor]:
+        """Backbone maps of a uint8 NHWC batch on the model's device: float32, or the autocast dtype."""
         x = to_input(images, self.device)
         with torch.no_grad(), autocast(self.precision, self.device):
             feats = self.extractor(x)
-        return [f.float() for f in feats]
+        return [f.contiguous() if keep_dtype else f.float().contiguous() for f in feats]
 
     @abstractmethod
     def fit(self, images: np.ndarray, generator: torch.Generator, log: EpochLog | None = None) -> FitInfo:

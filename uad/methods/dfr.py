@@ -52,11 +52,16 @@ class RegionalFeatures(nn.Module):
         self.grid = pool.shape[0]
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        out = []
+        """(B, sum C, G, G) in the features' dtype (bf16 under bf16 autocast), written in place."""
+        dtype = feats[0].dtype
+        b, g = feats[0].shape[0], self.grid
+        out = torch.empty(b, sum(f.shape[1] for f in feats), g, g, device=feats[0].device, dtype=dtype)
+        start = 0
         for i, f in enumerate(feats):
-            a = getattr(self, f"a{i}")
-            out.append(a @ f.float() @ a.T)  # (B, C, h, w) -> (B, C, G, G)
-        return torch.cat(out, 1)
+            a = getattr(self, f"a{i}").to(dtype)
+            out[:, start: start + f.shape[1]] = a @ f @ a.T  # (B, C, h, w) -> (B, C, G, G)
+            start += f.shape[1]
+        return out
 
 
 def _block(c_in: int, c_out: int, act: bool) -> list[nn.Module]:
@@ -121,7 +126,7 @@ class DFR(AnomalyMethod):
 
     def regional_features(self, images: np.ndarray) -> torch.Tensor:
         with torch.no_grad():
-            return self.regional(self.features(images))
+            return self.regional(self.features(images, keep_dtype=True)).float()
 
     def fit(self, images: np.ndarray, generator: torch.Generator, log: EpochLog | None = None) -> FitInfo:
         cfg = self.section
