@@ -77,7 +77,9 @@ class AnomalyMethod(nn.Module, ABC):
         x = to_input(images, self.device)
         with torch.no_grad(), autocast(self.precision, self.device):
             feats = self.extractor(x)
-        return [f.contiguous() if keep_dtype else f.float().contiguous() for f in feats]
+        # keep_dtype (DFR's fold): standard layout for the batched matmuls; otherwise the
+        # backbone's channels-last layout stays, which pooling and 1x1 convolutions prefer
+        return [f.contiguous() if keep_dtype else f.float() for f in feats]
 
     @abstractmethod
     def fit(self, images: np.ndarray, generator: torch.Generator, log: EpochLog | None = None) -> FitInfo:
