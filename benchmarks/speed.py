@@ -107,15 +107,34 @@ def feature_pass(backbone: str, method: str, device: torch.device, batch: int, s
     return {"images_per_s": round(batch / seconds, 1), "peak_memory_mb": round(peak, 1)}
 
 
-def startup_seconds() -> float:
-    """Wall time of a fresh interpreter importing what a train/evaluate stage imports."""
-    runs = []
-    for _ in range(3):
-        t = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import uad.training, uad.evaluation, uad.methods"], check=True,
-                       cwd=REPO)
-        runs.append(time.perf_counter() - t)
-    return round(statistics.median(runs), 2)
+def profile_kernels(fn, top: int = 12) -> list[dict]:
+    """The CUDA kernels that take most of the device time of fn(), with their share."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    rows = [e for e in prof.key_averages() if e.device_time_total > 0]
+    total = sum(e.self_device_time_total for e in rows) or 1.0
+    rows.sort(key=lambda e: e.self_device_time_total, reverse=True)
+    return [{"kernel": e.key[:90], "calls": e.count, "ms": round(e.self_device_time_total / 1e3, 2),
+             "share": round(e.self_device_time_total / total, 3)} for e in rows[:top]]
+
+
+STAGE_IMPORTS = {"prepare": "uad.cli, uad.data.prepared", "train": "uad.cli, uad.training",
+                 "evaluate": "uad.cli, uad.evaluation, uad.report", "render": "uad.cli, uad.render"}
+
+
+def startup_seconds() -> dict[str, float]:
+    """Per stage: wall time of a fresh interpreter importing what that stage script imports (median of 3)."""
+    out = {}
+    for stage, modules in STAGE_IMPORTS.items():
+        runs = []
+        for _ in range(3):
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-c", f"import {modules}"], check=True, cwd=REPO)
+            runs.append(time.perf_counter() - t)
+        out[stage] = round(statistics.median(runs), 2)
+    return out
 
 
 def main() -> None:
@@ -126,16 +145,23 @@ def main() -> None:
     ap.add_argument("--precisions", nargs="+", default=["bf16", "fp32"])
     ap.add_argument("--feature-batch", type=int, default=64)
     ap.add_argument("--methods", nargs="+", default=["cfa", "dfr"])
+    ap.add_argument("--memory-gb", type=float, default=0.0,
+                    help="cap this process's GPU memory (emulates a smaller card, e.g. 24)")
+    ap.add_argument("--profile", action="store_true", help="record the top CUDA kernels of scoring")
+    ap.add_argument("--skip-backbones", action="store_true", help="skip the backbone-only feature pass")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/uad-speed"))
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--commit", default="unknown")
     args = ap.parse_args()
     device = resolve_device("auto")
     torch.backends.cudnn.benchmark = True
+    if args.memory_gb and device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_gb * 2**30 / total), device)
     report: dict = {"commit": args.commit, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
                     "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                     "weights": "random (speed does not depend on them)", "categories": args.categories,
-                    "scale": args.scale, "epochs_scale": args.epochs_scale}
+                    "scale": args.scale, "epochs_scale": args.epochs_scale, "memory_cap_gb": args.memory_gb}
     raw, prepared = args.workdir / "raw", args.workdir / "prepared"
     report["generate_s"] = generate(raw, args.categories, args.scale)
     report["prepare"] = {}
@@ -146,10 +172,11 @@ def main() -> None:
         s = time.perf_counter() - t
         report["prepare"][cat] = {"images": n, "seconds": round(s, 2), "images_per_s": round(n / s, 1)}
         print(json.dumps({"prepare": cat, **report["prepare"][cat]}), flush=True)
-    report["feature_pass_bf16"] = {"batch": args.feature_batch, **{
-        f"{b}/{m}": feature_pass(b, m, device, args.feature_batch) for b, m in
-        (("vgg19", "dfr"), ("wide_resnet50_2", "cfa"), ("tf_efficientnet_lite0", "cfa"), ("resnet18", "cfa"))}}
-    print(json.dumps(report["feature_pass_bf16"]), flush=True)
+    if not args.skip_backbones:
+        report["feature_pass_bf16"] = {"batch": args.feature_batch, **{
+            f"{b}/{m}": feature_pass(b, m, device, args.feature_batch) for b, m in
+            (("vgg19", "dfr"), ("wide_resnet50_2", "cfa"), ("tf_efficientnet_lite0", "cfa"), ("resnet18", "cfa"))}}
+        print(json.dumps(report["feature_pass_bf16"]), flush=True)
     report["startup_s"] = startup_seconds()
     report["methods"] = {}
     for method in args.methods:
@@ -164,7 +191,7 @@ def main() -> None:
                 train, test = load_split(prepared / cat, "train"), load_split(prepared / cat, "test")
                 model = methods.create(cfg).to(device)
                 with measure(device) as fit:
-                    model.fit(train.images, seed_everything(0))
+                    info = model.fit(train.images, seed_everything(0))
                 bs = args.feature_batch
                 model.calibrate(train.images, cfg.evaluate.target_fpr, bs)
                 inside = model.regional_features if method == "dfr" else model.patch_features
@@ -178,11 +205,14 @@ def main() -> None:
                            scores.image.cpu().numpy(), normal_median=float(model.normal_quantiles[0]),
                            threshold=float(model.threshold), frame_ms=600, max_frames=60)
                 entry = {"epochs": section["epochs"], "n_train": len(train), "n_test": len(test),
+                         "features_cached": info.extra["features_cached"], "final_loss": round(info.final_loss, 6),
                          "fit_s": round(fit.seconds, 2), "fit_peak_memory_mb": round(fit.peak_memory_mb, 1),
                          "feature_pass_in_method_images_per_s": round(len(batch) / feat_s, 1),
                          "score_images_per_s": round(len(test) / score_s, 1),
                          "score_peak_memory_mb": round(score_peak, 1),
                          "render_s": round(time.perf_counter() - t, 2)}
+                if args.profile and device.type == "cuda":
+                    entry["score_top_kernels"] = profile_kernels(lambda: model.score(test.images, bs))
                 report["methods"][f"{method}/{precision}/{cat}"] = entry
                 print(json.dumps({"method": method, "precision": precision, "category": cat, **entry}), flush=True)
                 del model

@@ -4,6 +4,7 @@ import torch
 
 from uad import methods
 from uad.data.prepared import load_split
+from uad.methods.base import TrainingFeatures
 from uad.methods.cfa import (
     CFA,
     CoordConvDescriptor,
@@ -103,7 +104,8 @@ def test_memory_bank_is_the_per_location_mean_and_independent_of_the_image_count
         model = methods.create(cfg)
         seed_everything(0)
         feats = model.patch_features(images[:n])
-        model._init_memory(feats, torch.Generator().manual_seed(0))
+        store = TrainingFeatures(images[:n], model.patch_features, torch.float32, 3, model.device)
+        model._init_memory(store, torch.Generator().manual_seed(0))
         grid = 64 // model.extractor.strides[0]
         assert model.memory.shape == (grid * grid, sum(model.extractor.channels))
         with torch.no_grad():

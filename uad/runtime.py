@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import resource
 import sys
@@ -56,13 +57,27 @@ def configure_precision(precision: str, device: torch.device) -> None:
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """bf16 autocast (backbone, DFR's autoencoder, CFA's descriptor) when `precision` is bf16, else a no-op."""
     if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        # no weight-cast cache: training steps are replayed as CUDA graphs, which it would break
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=False)
     return contextlib.nullcontext()
 
 
 def storage_dtype(precision: str) -> torch.dtype:
     """dtype of backbone features kept in memory during fit: bf16 halves it where bf16 is allowed."""
     return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def memory_budget(device: torch.device) -> int:
+    """Half of what this process can still allocate on `device`, in bytes: the most a cache may take.
+
+    On CUDA it honours a per-process memory fraction (how benchmarks emulate a 24 GB card).
+    """
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda _d: 1.0)(device)
+        allowed = total * fraction - torch.cuda.memory_reserved(device)
+        return int(max(0.0, min(free, allowed)) // 2)
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
 
 
 @dataclass

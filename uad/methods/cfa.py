@@ -27,7 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from uad.config import CFAConfig, Config
-from uad.methods.base import AnomalyMethod, EpochLog, FitInfo, batches
+from uad.methods.base import AnomalyMethod, EpochLog, FitInfo, TrainingFeatures, TrainingSteps
 from uad.runtime import autocast, storage_dtype
 
 
@@ -137,9 +137,9 @@ class CFA(AnomalyMethod):
         return rearrange(self.descriptor(feats.float()), "b d h w -> (b h w) d")
 
     @torch.no_grad()
-    def _init_memory(self, feats: torch.Tensor, generator: torch.Generator) -> None:
+    def _init_memory(self, feats: TrainingFeatures, generator: torch.Generator) -> None:
         """Per-location mean of the (untrained) descriptor over the training set, then k-means if gamma_c > 1."""
-        mean = sum(self.descriptor(b.float()).sum(0) for b in feats.split(32)) / len(feats)  # (D, H, W)
+        mean = sum(self.descriptor(b.float()).sum(0) for b in feats.chunks()) / len(feats)  # (D, H, W)
         memory = rearrange(mean, "d h w -> (h w) d")
         if self.section.gamma_c > 1:
             memory = kmeans(memory, len(self.memory), self.section.kmeans_iters, generator)
@@ -147,31 +147,30 @@ class CFA(AnomalyMethod):
 
     def fit(self, images: np.ndarray, generator: torch.Generator, log: EpochLog | None = None) -> FitInfo:
         c = self.section
-        # The backbone is frozen and there is no augmentation: its features are computed
-        # once and stay on the device; only the descriptor and r train.
-        batch = self.cfg.evaluate.batch_size
-        feats = torch.cat([self.patch_features(b).to(storage_dtype(self.precision))
-                           for b in batches(images, batch, desc="features")])
+        feats = TrainingFeatures(images, self.patch_features, storage_dtype(self.precision),
+                                 self.cfg.evaluate.batch_size, self.device)
         self._init_memory(feats, generator)
-        optim = torch.optim.AdamW([*self.descriptor.parameters(), self.radius], lr=c.lr,
-                                  weight_decay=c.weight_decay, amsgrad=c.amsgrad)
         self.radius.requires_grad_(c.learn_radius)
+        optim = torch.optim.AdamW([*self.descriptor.parameters(), self.radius], lr=c.lr, weight_decay=c.weight_decay,
+                                  amsgrad=c.amsgrad, capturable=self.device.type == "cuda")
+
+        def step(index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            with autocast(self.precision, self.device):
+                dist2 = squared_distances(self._patches(feats[index]), self.memory)
+            attract, repel = soft_boundary_loss(dist2, self.radius, c.k, c.j, c.alpha, c.nu)
+            (attract + repel).backward()
+            optim.step()
+            return attract.detach(), repel.detach()
+
+        run = TrainingSteps(step, optim, self.device)
         steps = max(1, len(feats) // c.batch_size)  # drop_last, as the official loader
         history: dict[str, float] = {}
         self.descriptor.train()
         for epoch in tqdm(range(c.epochs), desc="cfa epochs", unit="epoch", leave=False, mininterval=1.0):
-            order = torch.randperm(len(feats), generator=generator).to(feats.device)
-            totals = torch.zeros(2, device=feats.device)
-            for step in range(steps):
-                idx = order[step * c.batch_size: (step + 1) * c.batch_size]
-                with autocast(self.precision, self.device):
-                    dist2 = squared_distances(self._patches(feats[idx]), self.memory)
-                attract, repel = soft_boundary_loss(dist2, self.radius, c.k, c.j, c.alpha, c.nu)
-                loss = attract + repel
-                optim.zero_grad(set_to_none=True)
-                loss.backward()
-                optim.step()
-                totals += torch.stack([attract.detach(), repel.detach()])
+            order = torch.randperm(len(feats), generator=generator).to(self.device)
+            totals = torch.zeros(2, device=self.device)
+            for s in range(steps):
+                totals += torch.stack(run(order[s * c.batch_size: (s + 1) * c.batch_size]))
             att, rep = (totals / steps).tolist()
             history = {"loss": att + rep, "loss_attract": att, "loss_repel": rep,
                        "radius": float(self.radius.detach())}
@@ -180,7 +179,7 @@ class CFA(AnomalyMethod):
         self.descriptor.eval()
         return FitInfo(epochs=c.epochs, final_loss=history.get("loss", math.nan),
                        extra={"memory_size": len(self.memory), "descriptor_channels": self.memory.shape[1],
-                              "radius": float(self.radius.detach())})
+                              "radius": float(self.radius.detach()), "features_cached": feats.cached})
 
     def anomaly_maps(self, images: np.ndarray) -> torch.Tensor:
         feats = self.patch_features(images)

@@ -20,7 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from uad.config import Config, DFRConfig
-from uad.methods.base import AnomalyMethod, EpochLog, FitInfo, batches
+from uad.methods.base import AnomalyMethod, EpochLog, FitInfo, TrainingFeatures, TrainingSteps
 from uad.runtime import autocast, storage_dtype
 
 
@@ -130,38 +130,43 @@ class DFR(AnomalyMethod):
 
     def fit(self, images: np.ndarray, generator: torch.Generator, log: EpochLog | None = None) -> FitInfo:
         cfg = self.section
-        # Features once, kept on the device: the backbone is frozen and there is no
-        # augmentation, so this equals the paper's per-step recomputation.
-        batch = self.cfg.evaluate.batch_size
-        feats = torch.cat([self.regional_features(b).to(storage_dtype(self.precision))
-                           for b in batches(images, batch, desc="features")])
+        feats = TrainingFeatures(images, self.regional_features, storage_dtype(self.precision),
+                                 self.cfg.evaluate.batch_size, self.device)
         if cfg.latent_dim == "auto":
-            latent = pca_dimension(feats[: cfg.pca_images].float(), cfg.pca_variance)
+            latent = pca_dimension(torch.cat(list(feats.chunks(cfg.pca_images))).float(), cfg.pca_variance)
         else:
             latent = cfg.latent_dim
         self._build_cae(latent)
         assert self.cae is not None
-        optim = torch.optim.Adam(self.cae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.cae.train()
+        cae = self.cae
+        optim = torch.optim.Adam(cae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                 capturable=self.device.type == "cuda")
+
+        def step(index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            x = feats[index].float()
+            with autocast(self.precision, self.device):
+                recon = cae(x)
+            loss = F.mse_loss(recon.float(), x)
+            loss.backward()
+            optim.step()
+            return (loss.detach(),)
+
+        run = TrainingSteps(step, optim, self.device)
+        cae.train()
         loss_value = float("nan")
         for epoch in tqdm(range(cfg.epochs), desc="dfr epochs", unit="epoch", leave=False, mininterval=1.0):
-            order = torch.randperm(len(feats), generator=generator).to(feats.device)
-            total = 0.0
+            order = torch.randperm(len(feats), generator=generator).to(self.device)
+            total = torch.zeros((), device=self.device)
             for start in range(0, len(order), cfg.batch_size):
-                x = feats[order[start: start + cfg.batch_size]]
-                with autocast(self.precision, self.device):
-                    recon = self.cae(x.float())
-                loss = F.mse_loss(recon.float(), x.float())
-                optim.zero_grad(set_to_none=True)
-                loss.backward()
-                optim.step()
-                total += loss.detach() * len(x)
+                index = order[start: start + cfg.batch_size]
+                total += run(index)[0] * len(index)
             loss_value = float(total / len(feats))
             if log:
                 log(epoch, {"loss": loss_value})
-        self.cae.eval()
+        cae.eval()
         return FitInfo(epochs=cfg.epochs, final_loss=loss_value,
-                       extra={"latent_dim": latent, "feature_channels": self.channels})
+                       extra={"latent_dim": latent, "feature_channels": self.channels,
+                              "features_cached": feats.cached})
 
     def anomaly_maps(self, images: np.ndarray) -> torch.Tensor:
         assert self.cae is not None, "DFR is not fitted"

@@ -1,0 +1,90 @@
+"""Frozen training features (cached or recomputed) and training steps replayed as CUDA graphs."""
+
+import numpy as np
+import pytest
+import torch
+
+from uad import methods
+from uad.data.prepared import load_split
+from uad.methods import base
+from uad.methods.base import TrainingFeatures, TrainingSteps
+from uad.runtime import seed_everything
+
+from .conftest import tiny_config
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def fit_history(cfg, images):
+    generator = seed_everything(cfg.seed)  # before create: the heads' initial weights come from the seed
+    model = methods.create(cfg).to(cfg.device)
+    history = []
+    model.fit(images, generator, lambda e, logs: history.append(logs["loss"]))
+    return model, np.array(history)
+
+
+def test_features_are_cached_when_they_fit_and_recomputed_otherwise(prepared, monkeypatch):
+    images = load_split(prepared, "train").images[:5]
+    model = methods.create(tiny_config(model="cfa"))
+    cached = TrainingFeatures(images, model.patch_features, torch.float32, 2, model.device)
+    assert cached.cached and len(cached) == 5
+    monkeypatch.setattr(base, "memory_budget", lambda device: 0)
+    recomputed = TrainingFeatures(images, model.patch_features, torch.float32, 2, model.device)
+    assert not recomputed.cached and len(recomputed) == 5
+    index = torch.tensor([4, 0, 3])
+    torch.testing.assert_close(recomputed[index], cached[index], rtol=1e-5, atol=1e-5)
+    assert [len(b) for b in recomputed.chunks()] == [2, 2, 1]
+    assert [len(b) for b in recomputed.chunks(limit=3)] == [2, 1]
+
+
+@pytest.mark.parametrize("method", ["cfa", "dfr"])
+def test_training_without_room_for_the_feature_cache_matches_the_cached_run(prepared, monkeypatch, method):
+    cfg = tiny_config(model=method, **{method: {"epochs": 3}})
+    images = load_split(prepared, "train").images[:6]
+    cached_model, cached = fit_history(cfg, images)
+    monkeypatch.setattr(base, "memory_budget", lambda device: 0)
+    recomputed_model, recomputed = fit_history(cfg, images)
+    assert len(cached) == 3 and cached[-1] != cached[0]  # it trained
+    np.testing.assert_allclose(recomputed, cached, rtol=1e-4)
+    test = load_split(prepared, "test").images[:4]
+    torch.testing.assert_close(recomputed_model.score(test, 4).maps, cached_model.score(test, 4).maps,
+                               rtol=1e-3, atol=1e-4)
+
+
+def test_steps_run_eagerly_off_cuda():
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    optim = torch.optim.SGD([w], lr=0.5)
+    target = torch.tensor([[0.0, 0.0], [2.0, 2.0], [4.0, 0.0]])
+
+    def step(index):
+        loss = (w - target[index]).pow(2).sum()
+        loss.backward()
+        optim.step()
+        return (loss.detach(),)
+
+    run = TrainingSteps(step, optim, torch.device("cpu"))
+    losses = [float(run(torch.tensor([i]))[0]) for i in (0, 1, 2)]
+    assert losses == [5.0, 8.0, 8.0]  # w: (1,-2) -> (0,0) -> (2,2); accumulated gradients would give 25 last
+    assert not run.graphs
+    torch.testing.assert_close(w.detach(), torch.tensor([4.0, 0.0]))
+
+
+@cuda
+@pytest.mark.parametrize("method", ["cfa", "dfr"])
+def test_cuda_graph_replay_trains_like_eager_steps(prepared, monkeypatch, method):
+    cfg = tiny_config(model=method, device="cuda", **{method: {"epochs": 4}})
+    images = load_split(prepared, "train").images[:7]  # DFR: batches of 4 and 3, two graphs
+    runs = []
+    original = TrainingSteps.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        runs.append(self)
+
+    monkeypatch.setattr(TrainingSteps, "__init__", spy)
+    _, graphed = fit_history(cfg, images)
+    assert runs[-1].graphs, "no step was captured as a CUDA graph"
+    monkeypatch.setattr(TrainingSteps, "WARMUP", 10**9)  # never capture: every step eager
+    _, eager = fit_history(cfg, images)
+    assert not runs[-1].graphs
+    np.testing.assert_allclose(graphed, eager, rtol=1e-4)
