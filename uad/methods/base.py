@@ -69,8 +69,12 @@ class TrainingFeatures:
         sample = compute(images[:1])
         need = sample.numel() * torch.empty((), dtype=dtype).element_size() * len(images)
         self.cached = need <= memory_budget(device)
-        if self.cached:
-            self.data = torch.cat([compute(b).to(dtype) for b in batches(images, batch_size, desc="features")])
+        if self.cached:  # filled in place: concatenating batches would need twice the memory at the end
+            self.data = torch.empty((len(images), *sample.shape[1:]), dtype=dtype, device=device)
+            start = 0
+            for batch in batches(images, batch_size, desc="features"):
+                self.data[start: start + len(batch)] = compute(batch)
+                start += len(batch)
         else:
             self.images = torch.from_numpy(np.array(images)).to(device)
 
