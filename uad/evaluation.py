@@ -21,9 +21,12 @@ def evaluate_category(cfg: Config, category: str, *, prepared: str | Path, model
     seed_everything(cfg.seed)
     model = methods.load(model_dir, cfg).to(device)
     test = load_split(prepared, "test")
-    # one untimed batch first: CUDA context, cuDNN autotuning and lazy allocations
-    # belong to start-up, not to the steady-state throughput reported below
-    model.score(test.images[: cfg.evaluate.batch_size], cfg.evaluate.batch_size)
+    # untimed batches of both sizes the timed pass uses first: CUDA context, lazily loaded
+    # kernels, cuDNN autotuning and allocations belong to start-up, not to the throughput
+    batch = cfg.evaluate.batch_size
+    model.score(test.images[:batch], batch)
+    if len(test) % batch:
+        model.score(test.images[: len(test) % batch], batch)
     with measure(device) as timing:
         scores = model.score(test.images, cfg.evaluate.batch_size, desc=f"score {category}")
     labels = torch.from_numpy(test.labels).to(scores.maps.device)
