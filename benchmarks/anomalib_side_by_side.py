@@ -538,7 +538,8 @@ def main() -> None:
         else:
             entry = run_anomalib(name, args, work, device, scaled(30), tf32)
             if entry.pop("test_set") != ours_test:
-                raise RuntimeError(f"{name}: the test images or labels differ from ours ({entry['n_test']} vs {n_test})")
+                raise RuntimeError(f"{name}: the test images or labels differ from ours "
+                                   f"({entry['n_test']} vs {n_test})")
             entry["test_set_matches_ours"] = True
         report["methods"][name] = entry
         progress(name, {k: v for k, v in entry.items() if not isinstance(v, dict)})

@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
@@ -107,10 +109,8 @@ def main() -> None:
            "TQDM_DISABLE": "1"}
     report["runs"] = {}
     for method in args.methods:
-        paper = json.loads(subprocess.run(  # the paper epochs, scaled for smoke runs
-            [sys.executable, "-c", f"import yaml,json;print(json.dumps(yaml.safe_load(open('presets/{method}_paper.yaml'))))"],
-            cwd=project, text=True, capture_output=True, check=True).stdout)
-        epochs = max(1, round(paper[method]["epochs"] * args.epochs_scale))
+        paper = yaml.safe_load((project / "presets" / f"{method}_paper.yaml").read_text())
+        epochs = max(1, round(paper[method]["epochs"] * args.epochs_scale))  # scaled for smoke runs
         sets = ["dataset=folder", f"data.folder.path={raw}", f"categories=[{', '.join(args.categories)}]",
                 f"{method}.pretrained=false", f"{method}.epochs={epochs}", *args.set]
         subprocess.run([sys.executable, "-m", "uad.preset", f"presets/{method}_paper.yaml",

@@ -28,7 +28,7 @@ def evaluate_category(cfg: Config, category: str, *, prepared: str | Path, model
     if len(test) % batch:
         model.score(test.images[: len(test) % batch], batch)
     with measure(device) as timing:
-        scores = model.score(test.images, cfg.evaluate.batch_size, desc=f"score {category}")
+        scores = model.score(test.images, batch, desc=f"score {category}")
     labels = torch.from_numpy(test.labels).to(scores.maps.device)
     masks = torch.from_numpy(np.array(test.masks)).to(scores.maps.device)
     threshold = float(model.threshold)

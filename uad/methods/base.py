@@ -99,7 +99,8 @@ class TrainingSteps:
     On CUDA each batch size is captured once as a CUDA graph, after `WARMUP` eager steps,
     and replayed from then on: the same kernels in the same order, without the launch
     overhead of hundreds of small kernels that bounds training at the papers' batch of 4.
-    The optimiser must be built with `capturable=True` there. Elsewhere the step runs eagerly.
+    The optimiser must be built with `capturable=TrainingSteps.graphed_on(device)`. Elsewhere
+    the step runs eagerly.
     `step` returns detached tensors, overwritten by the next replay: consume them at once.
     """
 
@@ -108,9 +109,14 @@ class TrainingSteps:
     def __init__(self, step: Callable[[torch.Tensor], tuple[torch.Tensor, ...]], optimizer: torch.optim.Optimizer,
                  device: torch.device):
         self.step, self.optimizer = step, optimizer
-        self.graphed = device.type == "cuda"
+        self.graphed = self.graphed_on(device)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, tuple[torch.Tensor, ...]]] = {}
         self.eager_runs: Counter[int] = Counter()
+
+    @staticmethod
+    def graphed_on(device: torch.device) -> bool:
+        """Whether steps on `device` are replayed as CUDA graphs (their optimiser must be capturable)."""
+        return device.type == "cuda"
 
     def __call__(self, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
         n = len(index)

@@ -152,7 +152,7 @@ class CFA(AnomalyMethod):
         self._init_memory(feats, generator)
         self.radius.requires_grad_(c.learn_radius)
         optim = torch.optim.AdamW([*self.descriptor.parameters(), self.radius], lr=c.lr, weight_decay=c.weight_decay,
-                                  amsgrad=c.amsgrad, capturable=self.device.type == "cuda")
+                                  amsgrad=c.amsgrad, capturable=TrainingSteps.graphed_on(self.device))
 
         def step(index: torch.Tensor) -> tuple[torch.Tensor, ...]:
             with autocast(self.precision, self.device):

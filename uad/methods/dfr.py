@@ -140,7 +140,7 @@ class DFR(AnomalyMethod):
         assert self.cae is not None
         cae = self.cae
         optim = torch.optim.Adam(cae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                 capturable=self.device.type == "cuda")
+                                 capturable=TrainingSteps.graphed_on(self.device))
 
         def step(index: torch.Tensor) -> tuple[torch.Tensor, ...]:
             x = feats[index].float()
