@@ -1,5 +1,7 @@
 """Frozen training features (cached or recomputed) and training steps replayed as CUDA graphs."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,7 @@ from uad import methods
 from uad.data.prepared import load_split
 from uad.methods import base
 from uad.methods.base import TrainingFeatures, TrainingSteps
-from uad.runtime import seed_everything
+from uad.runtime import memory_budget, seed_everything
 
 from .conftest import tiny_config
 
@@ -89,3 +91,9 @@ def test_cuda_graph_replay_trains_like_eager_steps(prepared, monkeypatch, method
     _, eager = fit_history(cfg, images)
     assert not runs[-1].graphs
     np.testing.assert_allclose(graphed, eager, rtol=1e-4)
+
+
+def test_cpu_memory_budget_is_half_of_what_is_available():
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    budget = memory_budget(torch.device("cpu"))
+    assert 0 < budget <= total // 2

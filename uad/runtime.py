@@ -78,7 +78,19 @@ def memory_budget(device: torch.device) -> int:
         fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda _d: 1.0)(index)
         allowed = total * fraction - torch.cuda.memory_reserved(device)
         return int(max(0.0, min(free, allowed)) // 2)
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    return _available_ram() // 2
+
+
+def _available_ram() -> int:
+    """MemAvailable (free plus reclaimable page cache) where Linux reports it, else free pages."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 @dataclass
