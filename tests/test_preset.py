@@ -16,6 +16,8 @@ def test_preset_changes_values_and_keeps_comments(tmp_path):
     assert cfg.prepare.resize == "nearest" and len(cfg.layers()) == 12
     text = params.read_text()
     assert "# Parameters of the pipeline" in text and "# paper: vgg19" in text
+    untouched = [line for line in (REPO / "params.yaml").read_text().splitlines() if "url:" in line]
+    assert untouched and all(line in text.splitlines() for line in untouched)  # long lines stay unfolded
 
 
 def test_dry_run_writes_nothing_and_invalid_presets_are_refused(tmp_path, capsys):

@@ -43,6 +43,7 @@ def changes(before: Any, after: Any, prefix: str = "") -> list[str]:
 def apply(params: Path, presets: list[Path], dry_run: bool = False, assignments: list[str] = ()) -> list[str]:
     yaml = YAML()
     yaml.preserve_quotes = True
+    yaml.width = 4096  # ruamel folds lines over 80 columns (the dataset URLs); keep the file as written
     doc = yaml.load(params.read_text())
     before = _plain(doc)
     for preset in presets:
