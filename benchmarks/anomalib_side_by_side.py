@@ -54,7 +54,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -73,8 +72,7 @@ from uad.runtime import configure_precision, resolve_device  # noqa: E402
 from uad.config import config_from_dict, merge  # noqa: E402
 from uad.data.prepared import prepare_category  # noqa: E402
 from uad.data.sources import acquire  # noqa: E402
-from uad.evaluation import evaluate_category  # noqa: E402
-from uad.training import train_category  # noqa: E402
+from common import git_commit, train_and_evaluate  # noqa: E402
 from uad.weights import load_weights, convert_lukemelas  # noqa: E402
 from uad.zoo import BACKBONES  # noqa: E402
 
@@ -86,14 +84,6 @@ BATCH = 32
 METHODS = ("ours/cfa", "ours/cfa_fixed_r", "ours/dfr", "anomalib/cfa", "anomalib/padim", "anomalib/patchcore")
 # our variants beyond the defaults: CFA with the radius fixed at its initial value, as anomalib's Cfa has it
 VARIANTS = {"cfa_fixed_r": ("cfa", {"cfa": {"learn_radius": False}})}
-
-
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip() or None
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def sync(device: torch.device) -> None:
@@ -153,15 +143,8 @@ def run_ours(name: str, params: dict, work: Path) -> dict:
     model, extra = VARIANTS.get(name, (name, {}))
     cfg = config_from_dict(merge(merge(params, {"model": model}), extra))
     out = work / "ours" / name
-    t = time.perf_counter()
-    train_category(cfg, work / "prepared" / CATEGORY, out / "model")
-    train_wall = time.perf_counter() - t
-    t = time.perf_counter()
-    result = evaluate_category(cfg, CATEGORY, prepared=work / "prepared" / CATEGORY, model_dir=out / "model",
-                               scores_dir=out / "scores", metrics_path=out / "metrics.json",
-                               perf_path=out / "perf.json")
-    evaluate_wall = time.perf_counter() - t
-    perf = json.loads((out / "perf.json").read_text())
+    run = train_and_evaluate(cfg, CATEGORY, work / "prepared" / CATEGORY, out)
+    result, perf = run.metrics, run.perf
     method = cfg.method()
     return {
         "fit_s": perf["fit_seconds"],
@@ -171,8 +154,8 @@ def run_ours(name: str, params: dict, work: Path) -> dict:
         "image_auroc": result["image_auroc"],
         "pixel_auroc": result["pixel_auroc"],
         "epochs": method.epochs,
-        "train_wall_s": round(train_wall, 3),
-        "evaluate_wall_s": round(evaluate_wall, 3),
+        "train_wall_s": run.train_wall_s,
+        "evaluate_wall_s": run.evaluate_wall_s,
         "fit_peak_memory_mb": perf.get("fit_peak_memory_mb"),
         "score_peak_memory_mb": perf.get("score_peak_memory_mb"),
         "metrics": result,
@@ -501,7 +484,7 @@ def main() -> None:
     import anomalib  # noqa: F401  (its version is recorded; fails early when the wheels are missing)
     report = {
         "what": __doc__.splitlines()[0],
-        "commit": args.commit or git_commit() or "unknown",
+        "commit": args.commit or git_commit(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu"),
         "cpu_count": os.cpu_count(),

@@ -30,6 +30,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from common import git_commit  # noqa: E402
 from speed import MVTEC, generate  # noqa: E402
 
 PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "uad", "presets", ".dvc/config", ".dvc/plots", ".gitignore")
@@ -92,12 +93,12 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra params for every run")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/uad-e2e"))
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--commit", default="unknown")
+    ap.add_argument("--commit", default=None, help="commit id to record (default: git rev-parse)")
     args = ap.parse_args()
     if args.workdir.exists():
         shutil.rmtree(args.workdir)
     raw, project = args.workdir / "raw", args.workdir / "project"
-    report: dict = {"commit": args.commit, "date": time.strftime("%Y-%m-%d"), "categories": args.categories,
+    report: dict = {"commit": args.commit or git_commit(), "date": time.strftime("%Y-%m-%d"), "categories": args.categories,
                     "scale": args.scale, "epochs_scale": args.epochs_scale,
                     "weights": "random (speed does not depend on them)"}
     report["generate_s"] = generate(raw, args.categories, args.scale)["all"]

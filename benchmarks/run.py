@@ -14,7 +14,6 @@ import argparse
 import dataclasses
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,16 +27,7 @@ sys.path.insert(0, str(REPO))
 from uad.config import config_from_dict, dotted, merge  # noqa: E402
 from uad.data.prepared import prepare_category  # noqa: E402
 from uad.data.sources import acquire  # noqa: E402
-from uad.evaluation import evaluate_category  # noqa: E402
-from uad.training import train_category  # noqa: E402
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+from common import git_commit, train_and_evaluate  # noqa: E402
 
 
 def main() -> None:
@@ -67,7 +57,7 @@ def main() -> None:
         prepare_category(raw / cat, work / "prepared" / cat, image_size=base.image_size,
                          resize=base.prepare.resize, workers=base.prepare.workers)
         prepare_s[cat] = round(time.perf_counter() - t, 2)
-    report = {"commit": args.commit or commit(), "date": time.strftime("%Y-%m-%d"),
+    report = {"commit": args.commit or git_commit(), "date": time.strftime("%Y-%m-%d"),
               "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor(),
               "torch": torch.__version__, "params": params, "acquire_s": round(time.perf_counter() - t0, 2),
               "prepare_s": prepare_s, "runs": {}}
@@ -79,12 +69,8 @@ def main() -> None:
             per_cat = {}
             for cat in cfg.categories:
                 out = work / model / str(rep) / cat
-                train_category(cfg, work / "prepared" / cat, out / "model")
-                metrics = evaluate_category(cfg, cat, prepared=work / "prepared" / cat, model_dir=out / "model",
-                                            scores_dir=out / "scores", metrics_path=out / "metrics.json",
-                                            perf_path=out / "perf.json")
-                perf = json.loads((out / "perf.json").read_text())
-                per_cat[cat] = {**metrics, **perf}
+                run = train_and_evaluate(cfg, cat, work / "prepared" / cat, out)
+                per_cat[cat] = {**run.metrics, **run.perf}
                 print(json.dumps({"model": model, "repeat": rep, "category": cat, **per_cat[cat]}), flush=True)
             runs.append(per_cat)
         entry = {"method_params": dataclasses.asdict(cfg.method()), "runs": runs}

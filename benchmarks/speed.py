@@ -31,6 +31,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from common import git_commit  # noqa: E402
 from uad import methods, zoo  # noqa: E402
 from uad.backbones import FeatureExtractor  # noqa: E402
 from uad.config import config_from_dict, merge  # noqa: E402
@@ -151,7 +152,7 @@ def main() -> None:
     ap.add_argument("--skip-backbones", action="store_true", help="skip the backbone-only feature pass")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/uad-speed"))
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--commit", default="unknown")
+    ap.add_argument("--commit", default=None, help="commit id to record (default: git rev-parse)")
     args = ap.parse_args()
     device = resolve_device("auto")
     torch.backends.cudnn.benchmark = True
@@ -159,7 +160,7 @@ def main() -> None:
         total = torch.cuda.get_device_properties(device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_gb * 2**30 / total),
                                                    torch.cuda.current_device())
-    report: dict = {"commit": args.commit, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
+    report: dict = {"commit": args.commit or git_commit(), "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
                     "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                     "weights": "random (speed does not depend on them)", "categories": args.categories,
                     "scale": args.scale, "epochs_scale": args.epochs_scale, "memory_cap_gb": args.memory_gb}
