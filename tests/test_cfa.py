@@ -10,6 +10,8 @@ from uad.methods.cfa import (
     CoordConvDescriptor,
     gaussian_kernel_size,
     kmeans,
+    nearest_distances,
+    smallest,
     soft_boundary_loss,
     softmin_score,
     squared_distances,
@@ -26,23 +28,67 @@ def test_squared_distances_equal_cdist():
 
 
 def test_coordconv_descriptor_shapes_and_coordinates():
-    d = CoordConvDescriptor(6, 3)
+    d = CoordConvDescriptor([6], 3, grid=5)
     assert d.conv.in_channels == 8 and d.conv.kernel_size == (1, 1)
-    out = d(torch.randn(2, 6, 5, 7))
-    assert out.shape == (2, 3, 5, 7)
+    out = d([torch.randn(2, 6, 5, 5)])
+    assert out.shape == (2, 3, 5, 5)
     with torch.no_grad():  # read the coordinate channels back through the conv
         d.conv.weight.zero_()
         d.conv.bias.zero_()
         d.conv.weight[0, 6] = 1.0  # row coordinate
         d.conv.weight[1, 7] = 1.0  # column coordinate
-    out = d(torch.zeros(1, 6, 5, 7))
+    out = d([torch.zeros(1, 6, 5, 5)])
     torch.testing.assert_close(out[0, 0, :, 0], torch.linspace(-1, 1, 5))
-    torch.testing.assert_close(out[0, 1, 0, :], torch.linspace(-1, 1, 7))
+    torch.testing.assert_close(out[0, 1, 0, :], torch.linspace(-1, 1, 5))
+
+
+def test_descriptor_per_layer_equals_upsample_then_concatenate():
+    """The fold: each layer's 1x1 conv at its own resolution, then upsampled, is the paper's
+    conv over bilinearly upsampled, concatenated maps plus coordinates, values and gradients."""
+    g = torch.Generator().manual_seed(0)
+    maps = [torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 6, 4, 4, generator=g),
+            torch.randn(2, 5, 2, 2, generator=g)]
+    d = CoordConvDescriptor([4, 6, 5], 7, grid=8)
+    up = [m if m.shape[-1] == 8 else torch.nn.functional.interpolate(m, size=8, mode="bilinear", align_corners=False)
+          for m in maps]
+    lin = torch.linspace(-1, 1, 8)
+    coords = [lin.view(1, 1, 8, 1).expand(2, 1, 8, 8), lin.view(1, 1, 1, 8).expand(2, 1, 8, 8)]
+    expected = d.conv(torch.cat(up + coords, 1))
+    got = d(maps)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    (grad_got,) = torch.autograd.grad(got.square().sum(), d.conv.weight)
+    (grad_expected,) = torch.autograd.grad(expected.square().sum(), d.conv.weight)
+    torch.testing.assert_close(grad_got, grad_expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("n", [1, 3, 6, 12])
+def test_smallest_equals_sorted_topk(n):
+    dist2 = torch.rand(300, 50, generator=torch.Generator().manual_seed(n))
+    values, index = smallest(dist2.clone(), n)  # n > MIN_PASSES takes topk
+    expected = dist2.topk(n, dim=1, largest=False)
+    torch.testing.assert_close(values, expected.values, rtol=0, atol=0)
+    assert torch.equal(index, expected.indices)
+    with pytest.raises(ValueError, match="nearest of only 50 memory items"):
+        smallest(dist2.clone(), 51)
+
+
+def test_nearest_distances_sparse_backward_equals_dense_autograd():
+    g = torch.Generator().manual_seed(0)
+    memory = torch.randn(40, 5, dtype=torch.float64, generator=g)
+    patches = torch.randn(30, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    weights = torch.rand(30, 4, dtype=torch.float64, generator=g)
+    got = nearest_distances(patches, memory, 4)
+    (grad_got,) = torch.autograd.grad((got * weights).sum(), patches)
+    dense = ((patches[:, None] - memory[None]) ** 2).sum(-1)
+    expected = dense.topk(4, dim=1, largest=False).values
+    (grad_expected,) = torch.autograd.grad((expected * weights).sum(), patches)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(grad_got, grad_expected, rtol=1e-10, atol=1e-10)
 
 
 def test_soft_boundary_loss_on_a_hand_made_example():
-    # one patch, squared distances to 6 memory items (unsorted on purpose)
-    dist2 = torch.tensor([[0.5, 0.01, 3.0, 0.02, 0.2, 0.03]])
+    # one patch, squared distances to its 6 nearest memory items (ascending)
+    dist2 = torch.tensor([[0.01, 0.02, 0.03, 0.2, 0.5, 3.0]])
     r = torch.tensor(0.1)  # r^2 = 0.01
     att, rep = soft_boundary_loss(dist2, r, k=3, j=3, alpha=0.1, nu=1.0)
     # K nearest: 0.01, 0.02, 0.03 -> excess over r^2: 0, 0.01, 0.02 -> mean 0.01
@@ -69,7 +115,7 @@ def test_score_is_monotone_in_distance():
     steps = torch.linspace(0, 2, 21)
     patches = torch.zeros(21, 3)
     patches[:, 1] = steps  # moving away from the origin item, orthogonally to the others
-    scores = softmin_score(squared_distances(patches, memory), k=3)
+    scores = softmin_score(nearest_distances(patches, memory, 3))
     assert scores[0] == 0 and (scores.diff() > 0).all()
 
 
@@ -103,13 +149,13 @@ def test_memory_bank_is_the_per_location_mean_and_independent_of_the_image_count
     for n in (4, 8):
         model = methods.create(cfg)
         seed_everything(0)
-        feats = model.patch_features(images[:n])
+        maps = model.pooled_maps(images[:n])
         store = TrainingFeatures(images[:n], model.patch_features, torch.float32, 3, model.device)
         model._init_memory(store, torch.Generator().manual_seed(0))
         grid = 64 // model.extractor.strides[0]
         assert model.memory.shape == (grid * grid, sum(model.extractor.channels))
         with torch.no_grad():
-            expected = model.descriptor(feats).mean(0).flatten(1).T
+            expected = model.descriptor(maps).mean(0).flatten(1).T
         torch.testing.assert_close(model.memory, expected, rtol=1e-5, atol=1e-5)
 
 

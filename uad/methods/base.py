@@ -174,9 +174,8 @@ class AnomalyMethod(nn.Module, ABC):
         x = to_input(images, self.device)
         with torch.no_grad(), autocast(self.precision, self.device):
             feats = self.extractor(x)
-        # keep_dtype (DFR's fold): standard layout for the batched matmuls; otherwise the
-        # backbone's channels-last layout stays, which pooling and 1x1 convolutions prefer
-        return [f.contiguous() if keep_dtype else f.float() for f in feats]
+        # in the backbone's channels-last layout, which pooling and 1x1 convolutions prefer
+        return feats if keep_dtype else [f.float() for f in feats]
 
     @abstractmethod
     def fit(self, images: np.ndarray, generator: torch.Generator, log: EpochLog | None = None) -> FitInfo:

@@ -125,8 +125,9 @@ class DFR(AnomalyMethod):
         return {"latent_dim": self.latent_dim}
 
     def regional_features(self, images: np.ndarray) -> torch.Tensor:
+        """(B, C, G, G) in the autocast dtype: bf16 features are not widened to fp32 (twice the bytes)."""
         with torch.no_grad():
-            return self.regional(self.features(images, keep_dtype=True)).float()
+            return self.regional([f.contiguous() for f in self.features(images, keep_dtype=True)])
 
     def fit(self, images: np.ndarray, generator: torch.Generator, log: EpochLog | None = None) -> FitInfo:
         cfg = self.section
@@ -173,5 +174,6 @@ class DFR(AnomalyMethod):
         x = self.regional_features(images)
         with autocast(self.precision, self.device):
             recon = self.cae(x)
-        err = (recon.float() - x).pow(2).mean(1, keepdim=True)
+        # fp32 difference, then one reduction pass: these maps are 3456 channels deep
+        err = torch.linalg.vector_norm(recon.float().sub_(x), dim=1, keepdim=True).square_().div_(x.shape[1])
         return F.interpolate(err, size=self.image_size, mode="bilinear", align_corners=True)[:, 0]
