@@ -108,17 +108,21 @@ def feature_pass(backbone: str, method: str, device: torch.device, batch: int, s
     return {"images_per_s": round(batch / seconds, 1), "peak_memory_mb": round(peak, 1)}
 
 
-def profile_kernels(fn, top: int = 12) -> list[dict]:
-    """The CUDA kernels that take most of the device time of fn(), with their share."""
+def profile_kernels(fn, top: int = 12) -> dict[str, list[dict]]:
+    """The CUDA kernels, and the aten ops launching them, that take most of the device time of fn()."""
     from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
-    rows = [e for e in prof.key_averages() if e.device_time_total > 0]
-    total = sum(e.self_device_time_total for e in rows) or 1.0
-    rows.sort(key=lambda e: e.self_device_time_total, reverse=True)
-    return [{"kernel": e.key[:90], "calls": e.count, "ms": round(e.self_device_time_total / 1e3, 2),
-             "share": round(e.self_device_time_total / total, 3)} for e in rows[:top]]
+    events = [e for e in prof.key_averages() if e.self_device_time_total > 0]
+    total = sum(e.self_device_time_total for e in events if not e.key.startswith("aten::")) or 1.0
+    out = {}
+    for kind, rows in (("kernels", [e for e in events if not e.key.startswith("aten::")]),
+                       ("ops", [e for e in events if e.key.startswith("aten::")])):
+        rows.sort(key=lambda e: e.self_device_time_total, reverse=True)
+        out[kind] = [{"name": e.key[:90], "calls": e.count, "ms": round(e.self_device_time_total / 1e3, 2),
+                      "share": round(e.self_device_time_total / total, 3)} for e in rows[:top]]
+    return out
 
 
 STAGE_IMPORTS = {"prepare": "uad.cli, uad.data.prepared", "train": "uad.cli, uad.training",
@@ -148,7 +152,8 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["cfa", "dfr"])
     ap.add_argument("--memory-gb", type=float, default=0.0,
                     help="cap this process's GPU memory (emulates a smaller card, e.g. 24)")
-    ap.add_argument("--profile", action="store_true", help="record the top CUDA kernels of scoring")
+    ap.add_argument("--profile", action="store_true",
+                    help="record the top CUDA kernels and ops of scoring and of a 2-epoch fit")
     ap.add_argument("--skip-backbones", action="store_true", help="skip the backbone-only feature pass")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/uad-speed"))
     ap.add_argument("--out", type=Path, required=True)
@@ -214,10 +219,14 @@ def main() -> None:
                          "score_peak_memory_mb": round(score_peak, 1),
                          "render_s": round(time.perf_counter() - t, 2)}
                 if args.profile and device.type == "cuda":
-                    entry["score_top_kernels"] = profile_kernels(lambda: model.score(test.images, bs))
+                    entry["score_profile"] = profile_kernels(lambda: model.score(test.images, bs))
+                    short = config_from_dict(merge(params, {method: {"epochs": 2}}))
+                    fresh = methods.create(short).to(device)
+                    entry["fit_2_epochs_profile"] = profile_kernels(lambda: fresh.fit(train.images, seed_everything(0)))
+                    fresh = None
                 report["methods"][f"{method}/{precision}/{cat}"] = entry
                 print(json.dumps({"method": method, "precision": precision, "category": cat, **entry}), flush=True)
-                del model
+                model = None  # frees its GPU memory before the next run
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from uad import methods
 from uad.data.prepared import load_split
@@ -28,33 +29,28 @@ def test_squared_distances_equal_cdist():
 
 
 def test_coordconv_descriptor_shapes_and_coordinates():
-    d = CoordConvDescriptor([6], 3, grid=5)
+    d = CoordConvDescriptor(6, 3)
     assert d.conv.in_channels == 8 and d.conv.kernel_size == (1, 1)
-    out = d([torch.randn(2, 6, 5, 5)])
-    assert out.shape == (2, 3, 5, 5)
+    out = d(torch.randn(2, 6, 5, 7))
+    assert out.shape == (2, 3, 5, 7)
     with torch.no_grad():  # read the coordinate channels back through the conv
         d.conv.weight.zero_()
         d.conv.bias.zero_()
         d.conv.weight[0, 6] = 1.0  # row coordinate
         d.conv.weight[1, 7] = 1.0  # column coordinate
-    out = d([torch.zeros(1, 6, 5, 5)])
+    out = d(torch.zeros(1, 6, 5, 7))
     torch.testing.assert_close(out[0, 0, :, 0], torch.linspace(-1, 1, 5))
-    torch.testing.assert_close(out[0, 1, 0, :], torch.linspace(-1, 1, 5))
+    torch.testing.assert_close(out[0, 1, 0, :], torch.linspace(-1, 1, 7))
 
 
-def test_descriptor_per_layer_equals_upsample_then_concatenate():
-    """The fold: each layer's 1x1 conv at its own resolution, then upsampled, is the paper's
-    conv over bilinearly upsampled, concatenated maps plus coordinates, values and gradients."""
-    g = torch.Generator().manual_seed(0)
-    maps = [torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 6, 4, 4, generator=g),
-            torch.randn(2, 5, 2, 2, generator=g)]
-    d = CoordConvDescriptor([4, 6, 5], 7, grid=8)
-    up = [m if m.shape[-1] == 8 else torch.nn.functional.interpolate(m, size=8, mode="bilinear", align_corners=False)
-          for m in maps]
-    lin = torch.linspace(-1, 1, 8)
-    coords = [lin.view(1, 1, 8, 1).expand(2, 1, 8, 8), lin.view(1, 1, 1, 8).expand(2, 1, 8, 8)]
-    expected = d.conv(torch.cat(up + coords, 1))
-    got = d(maps)
+def test_descriptor_equals_the_convolution_over_concatenated_coordinates():
+    """The coordinate channels' share is added as a constant: the paper's CoordConv, values and gradients."""
+    x = torch.randn(2, 6, 5, 7, generator=torch.Generator().manual_seed(0))
+    d = CoordConvDescriptor(6, 4)
+    rows = torch.linspace(-1, 1, 5).view(1, 1, 5, 1).expand(2, 1, 5, 7)
+    cols = torch.linspace(-1, 1, 7).view(1, 1, 1, 7).expand(2, 1, 5, 7)
+    expected = d.conv(torch.cat([x, rows, cols], 1))
+    got = d(x)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     (grad_got,) = torch.autograd.grad(got.square().sum(), d.conv.weight)
     (grad_expected,) = torch.autograd.grad(expected.square().sum(), d.conv.weight)
@@ -151,11 +147,14 @@ def test_memory_bank_is_the_per_location_mean_and_independent_of_the_image_count
         seed_everything(0)
         maps = model.pooled_maps(images[:n])
         store = TrainingFeatures(images[:n], model.patch_features, torch.float32, 3, model.device)
+        for got, want in zip(model._unpack(store.data), maps):  # the packed cache holds the maps
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
         model._init_memory(store, torch.Generator().manual_seed(0))
         grid = 64 // model.extractor.strides[0]
         assert model.memory.shape == (grid * grid, sum(model.extractor.channels))
         with torch.no_grad():
-            expected = model.descriptor(maps).mean(0).flatten(1).T
+            up = [F.interpolate(m, size=grid, mode="bilinear", align_corners=False) for m in maps[1:]]
+            expected = model.descriptor(torch.cat([maps[0], *up], 1)).mean(0).flatten(1).T
         torch.testing.assert_close(model.memory, expected, rtol=1e-5, atol=1e-5)
 
 

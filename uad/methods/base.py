@@ -59,7 +59,7 @@ class TrainingFeatures:
     once and kept on the device when they fit in half of its free memory (the same
     values as the papers' per-step recomputation). Otherwise only the uint8 images stay
     there and each batch is recomputed: DFR's 3456 channels for 391 images at 256 px
-    are 22 GB in fp32, more than half a 24 GB card.
+    are 22 GB in fp32, more than half a 24 GB card. Channels-last features stay so.
     """
 
     def __init__(self, images: np.ndarray, compute: Callable[[np.ndarray | torch.Tensor], torch.Tensor],
@@ -70,7 +70,9 @@ class TrainingFeatures:
         need = sample.numel() * torch.empty((), dtype=dtype).element_size() * len(images)
         self.cached = need <= memory_budget(device)
         if self.cached:  # filled in place: concatenating batches would need twice the memory at the end
-            self.data = torch.empty((len(images), *sample.shape[1:]), dtype=dtype, device=device)
+            layout = torch.channels_last if sample.dim() == 4 and not sample.is_contiguous() else None
+            self.data = torch.empty((len(images), *sample.shape[1:]), dtype=dtype, device=device,
+                                    memory_format=layout or torch.contiguous_format)
             start = 0
             for batch in batches(images, batch_size, desc="features"):
                 self.data[start: start + len(batch)] = compute(batch)

@@ -32,36 +32,26 @@ from uad.runtime import autocast, storage_dtype
 
 
 class CoordConvDescriptor(nn.Module):
-    """CFA's patch descriptor: a 1x1 convolution over the layers' maps, all at the first layer's grid,
-    concatenated with two coordinate channels (rows, columns in [-1, 1]).
+    """1x1 convolution over features plus two coordinate channels (rows, columns in [-1, 1]).
 
-    Deeper maps are coarser than the grid. Each layer's slice of the convolution runs at
-    that layer's own resolution and only its output is upsampled (bilinear) and summed:
-    the same numbers as upsampling every map and concatenating (both maps are linear and
-    act on different axes), with a quarter of the FLOPs for WRN50 and without the
-    (B, 1792, 64, 64) concatenation. Partial sums are kept in fp32.
+    The coordinate channels are the same for every image, so their share of the
+    convolution is added as a (D, H, W) constant instead of concatenated onto the
+    input: no copy of the (B, C, H, W) features. The output is fp32 (the distances'
+    dtype) even when the convolution runs in bf16.
     """
 
-    def __init__(self, channels: list[int], out_channels: int, grid: int):
+    def __init__(self, channels: int, out_channels: int):
         super().__init__()
-        self.channels, self.grid = list(channels), grid
-        self.conv = nn.Conv2d(sum(channels) + 2, out_channels, kernel_size=1)
+        self.conv = nn.Conv2d(channels + 2, out_channels, kernel_size=1)
 
-    def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
-        weight, g = self.conv.weight, self.grid
-        out: torch.Tensor | None = None
-        start = 0
-        for m, c in zip(maps, self.channels):
-            part = F.conv2d(m, weight[:, start: start + c])
-            if part.shape[-2:] != (g, g):
-                part = F.interpolate(part, size=(g, g), mode="bilinear", align_corners=False)
-            out = part.float() if out is None else out.add_(part)
-            start += c
-        assert out is not None, "no feature maps"
-        coords = torch.linspace(-1, 1, g, device=out.device)
-        w = weight[:, start:, 0, 0].float()  # (D, 2): row and column coordinate weights
-        return out.add_(w[:, 0, None, None] * coords[:, None] + w[:, 1, None, None] * coords
-                        + self.conv.bias.float()[:, None, None])
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c, h, w = x.shape[1:]
+        weight = self.conv.weight
+        coords = weight[:, c:, 0, 0].float()  # (D, 2): row and column weights
+        rows = torch.linspace(-1, 1, h, device=x.device).view(h, 1)
+        cols = torch.linspace(-1, 1, w, device=x.device).view(1, w)
+        constant = coords[:, :1, None] * rows + coords[:, 1:, None] * cols + self.conv.bias.float()[:, None, None]
+        return F.conv2d(x, weight[:, :c]) + constant
 
 
 def squared_distances(patches: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
@@ -187,7 +177,7 @@ class CFA(AnomalyMethod):
         c = self.section
         self.grid = cfg.image_size // self.extractor.strides[0]
         channels = sum(self.extractor.channels)
-        self.descriptor = CoordConvDescriptor(self.extractor.channels, max(1, channels // c.gamma_d), self.grid)
+        self.descriptor = CoordConvDescriptor(channels, max(1, channels // c.gamma_d))
         self.radius = nn.Parameter(torch.tensor(c.radius))
         size = memory_size or max(1, self.grid * self.grid // c.gamma_c)
         self.register_buffer("memory", torch.zeros(size, channels // c.gamma_d))
@@ -197,15 +187,15 @@ class CFA(AnomalyMethod):
         return {"memory_size": len(self.memory)}
 
     def pooled_maps(self, images: np.ndarray) -> list[torch.Tensor]:
-        """The descriptor's frozen input: 3x3-averaged backbone maps, each at its own resolution."""
+        """3x3-averaged backbone maps, each at its own resolution, in the autocast dtype."""
         with torch.no_grad():
             maps = [F.avg_pool2d(f, 3, 1, 1) for f in self.features(images, keep_dtype=True)]
         self._shapes = [(m.shape[2], m.shape[3], m.shape[1]) for m in maps]
         return maps
 
     def patch_features(self, images: np.ndarray) -> torch.Tensor:
-        """`pooled_maps` packed into one (B, N) row per image: what fit caches (a quarter of the
-        upsampled, concatenated maps for WRN50)."""
+        """What fit caches: `pooled_maps` packed into one (B, N) row per image, before upsampling
+        to the grid (a quarter of the bytes for WRN50; each batch is upsampled when used)."""
         return torch.cat([m.permute(0, 2, 3, 1).flatten(1) for m in self.pooled_maps(images)], 1)
 
     def _unpack(self, rows: torch.Tensor) -> list[torch.Tensor]:
@@ -215,15 +205,23 @@ class CFA(AnomalyMethod):
             start += h * w * ch
         return maps
 
+    def _grid_features(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """The descriptor's input: the maps upsampled (bilinear) to the first layer's grid, concatenated."""
+        g = self.grid
+        return torch.cat([m if m.shape[-2:] == (g, g) else
+                          F.interpolate(m, size=(g, g), mode="bilinear", align_corners=False) for m in maps], 1)
+
     def _patches(self, maps: list[torch.Tensor]) -> torch.Tensor:
-        """Descriptor output per patch, fp32; under bf16 autocast the convolutions run in bf16."""
+        """Descriptor output per patch, fp32; under bf16 autocast the upsampling and convolution run in bf16."""
+        x = self._grid_features(maps)
         with autocast(self.precision, self.device):
-            return rearrange(self.descriptor(maps), "b d h w -> (b h w) d")
+            return rearrange(self.descriptor(x), "b d h w -> (b h w) d")
 
     @torch.no_grad()
     def _init_memory(self, feats: TrainingFeatures, generator: torch.Generator) -> None:
         """Per-location mean of the (untrained) descriptor over the training set, then k-means if gamma_c > 1."""
-        mean = sum(self.descriptor([m.float() for m in self._unpack(b)]).sum(0) for b in feats.chunks()) / len(feats)
+        mean = sum(self.descriptor(self._grid_features(self._unpack(b)).float()).sum(0) for b in feats.chunks())
+        mean = mean / len(feats)  # (D, H, W)
         memory = rearrange(mean, "d h w -> (h w) d")
         if self.section.gamma_c > 1:
             memory = kmeans(memory, len(self.memory), self.section.kmeans_iters, generator)

@@ -8,7 +8,7 @@ anomaly map is the per-region reconstruction error upsampled to the input.
 Resize-then-pool is linear along each axis, so each layer's regional features
 are computed as A_h @ F @ A_w^T with fixed matrices built once: the same
 numbers as interpolate + avg-pool (tested), without materialising the
-input-sized intermediate maps.
+input-sized intermediate maps, as two batched matmuls on channels-last maps.
 """
 
 from __future__ import annotations
@@ -52,16 +52,24 @@ class RegionalFeatures(nn.Module):
         self.grid = pool.shape[0]
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        """(B, sum C, G, G) in the features' dtype (bf16 under bf16 autocast), written in place."""
+        """(B, sum C, G, G) in the features' dtype (bf16 under bf16 autocast), channels-last.
+
+        Works on the backbone's channels-last maps as (B, h, w*C) matrices: rows are mixed
+        by one batched matmul, then columns by another, and each result lands in its
+        channel slice of the output. No layout conversion, and the autoencoder's 1x1
+        convolutions take the channels-last output as it is.
+        """
         dtype = feats[0].dtype
         b, g = feats[0].shape[0], self.grid
-        out = torch.empty(b, sum(f.shape[1] for f in feats), g, g, device=feats[0].device, dtype=dtype)
+        out = torch.empty(b, g, g, sum(f.shape[1] for f in feats), device=feats[0].device, dtype=dtype)
         start = 0
         for i, f in enumerate(feats):
             a = getattr(self, f"a{i}").to(dtype)
-            out[:, start: start + f.shape[1]] = a @ f @ a.T  # (B, C, h, w) -> (B, C, G, G)
-            start += f.shape[1]
-        return out
+            _, c, h, w = f.shape
+            rows = a @ f.permute(0, 2, 3, 1).reshape(b, h, w * c)  # (B, G, w*C)
+            out[..., start: start + c] = (a @ rows.view(b * g, w, c)).view(b, g, g, c)
+            start += c
+        return out.permute(0, 3, 1, 2)
 
 
 def _block(c_in: int, c_out: int, act: bool) -> list[nn.Module]:
@@ -127,7 +135,7 @@ class DFR(AnomalyMethod):
     def regional_features(self, images: np.ndarray) -> torch.Tensor:
         """(B, C, G, G) in the autocast dtype: bf16 features are not widened to fp32 (twice the bytes)."""
         with torch.no_grad():
-            return self.regional([f.contiguous() for f in self.features(images, keep_dtype=True)])
+            return self.regional(self.features(images, keep_dtype=True))
 
     def fit(self, images: np.ndarray, generator: torch.Generator, log: EpochLog | None = None) -> FitInfo:
         cfg = self.section
