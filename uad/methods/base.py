@@ -59,7 +59,8 @@ class TrainingFeatures:
     once and kept on the device when they fit in half of its free memory (the same
     values as the papers' per-step recomputation). Otherwise only the uint8 images stay
     there and each batch is recomputed: DFR's 3456 channels for 391 images at 256 px
-    are 22 GB in fp32, more than half a 24 GB card. Channels-last features stay so.
+    are 22 GB in fp32, more than half a 24 GB card. The cache is in the standard layout:
+    DFR's fit took 122 s instead of 101 s on a channels-last cache (H100, bf16).
     """
 
     def __init__(self, images: np.ndarray, compute: Callable[[np.ndarray | torch.Tensor], torch.Tensor],
@@ -70,9 +71,7 @@ class TrainingFeatures:
         need = sample.numel() * torch.empty((), dtype=dtype).element_size() * len(images)
         self.cached = need <= memory_budget(device)
         if self.cached:  # filled in place: concatenating batches would need twice the memory at the end
-            layout = torch.channels_last if sample.dim() == 4 and not sample.is_contiguous() else None
-            self.data = torch.empty((len(images), *sample.shape[1:]), dtype=dtype, device=device,
-                                    memory_format=layout or torch.contiguous_format)
+            self.data = torch.empty((len(images), *sample.shape[1:]), dtype=dtype, device=device)
             start = 0
             for batch in batches(images, batch_size, desc="features"):
                 self.data[start: start + len(batch)] = compute(batch)
