@@ -97,3 +97,11 @@ def test_cpu_memory_budget_is_half_of_what_is_available():
     total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     budget = memory_budget(torch.device("cpu"))
     assert 0 < budget <= total // 2
+
+
+def test_cudnn_autotune_is_scoped():
+    from uad.runtime import cudnn_autotune
+    before = torch.backends.cudnn.benchmark
+    with cudnn_autotune():
+        assert torch.backends.cudnn.benchmark
+    assert torch.backends.cudnn.benchmark == before

