@@ -73,7 +73,7 @@ import numpy as np  # noqa: E402
 from uad import methods, metrics  # noqa: E402
 from uad.data.prepared import load_split  # noqa: E402
 from uad.runtime import configure_precision, resolve_device  # noqa: E402
-from uad.config import config_from_dict, merge  # noqa: E402
+from uad.config import config_from_dict, merged  # noqa: E402
 from uad.data.prepared import prepare_category  # noqa: E402
 from uad.data.sources import acquire  # noqa: E402
 from common import git_commit, train_and_evaluate  # noqa: E402
@@ -147,7 +147,7 @@ def model_only_throughput(cfg, model_dir: Path, prepared: Path, batch: int = 32)
 
 def run_ours(name: str, params: dict, work: Path) -> dict:
     model, extra = VARIANTS.get(name, (name, {}))
-    cfg = config_from_dict(merge(merge(params, {"model": model}), extra))
+    cfg = config_from_dict(merged(merged(params, {"model": model}), extra))
     out = work / "ours" / name
     run = train_and_evaluate(cfg, CATEGORY, work / "prepared" / CATEGORY, out)
     result, perf = run.metrics, run.perf
@@ -471,8 +471,8 @@ def main() -> None:
     for sub in ("raw", "prepared", "ours", "anomalib"):
         shutil.rmtree(work / sub, ignore_errors=True)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params = merge(params, yaml.safe_load((REPO / "presets" / "mtd.yaml").read_text()))
-    params = merge(params, {
+    params = merged(params, yaml.safe_load((REPO / "presets" / "mtd.yaml").read_text()))
+    params = merged(params, {
         "device": device.type,
         "data": {"mtd": {"source": str(args.mtd)}},
         "cfa": {"weights": str(args.weights), "epochs": scaled(30)},
@@ -527,7 +527,7 @@ def main() -> None:
         # lazily loaded kernels are paid once per process, not by whichever method is timed first
         t = time.perf_counter()
         for model in ("cfa", "dfr"):
-            cfg = config_from_dict(merge(merge(params, {"model": model}), {model: {"epochs": 1}}))
+            cfg = config_from_dict(merged(merged(params, {"model": model}), {model: {"epochs": 1}}))
             train_and_evaluate(cfg, CATEGORY, work / "prepared" / CATEGORY, work / "warmup" / model)
         report["warmup_s"] = round(time.perf_counter() - t, 2)
     for name in args.methods:

@@ -24,7 +24,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from uad.config import config_from_dict, dotted, merge  # noqa: E402
+from uad.config import config_from_dict, dotted, merged  # noqa: E402
 from uad.data.prepared import prepare_category  # noqa: E402
 from uad.data.sources import acquire  # noqa: E402
 from common import git_commit, train_and_evaluate  # noqa: E402
@@ -45,8 +45,8 @@ def main() -> None:
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     for preset in args.preset:
-        params = merge(params, yaml.safe_load(preset.read_text()))
-    params = merge(params, dotted(args.set))
+        params = merged(params, yaml.safe_load(preset.read_text()))
+    params = merged(params, dotted(args.set))
     base = config_from_dict(params)
     work = args.workdir
     t0 = time.perf_counter()
@@ -63,7 +63,7 @@ def main() -> None:
               "prepare_s": prepare_s, "runs": {}}
     for model in args.models:
         extra = [s.split(":", 1)[1] for s in args.model_set if s.startswith(model + ":")]
-        cfg = config_from_dict(merge(merge(params, {"model": model}), dotted(extra)))
+        cfg = config_from_dict(merged(merged(params, {"model": model}), dotted(extra)))
         runs = []
         for rep in range(args.repeat):
             per_cat = {}

@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 from common import git_commit  # noqa: E402
 from uad import methods, zoo  # noqa: E402
 from uad.backbones import FeatureExtractor  # noqa: E402
-from uad.config import config_from_dict, merge  # noqa: E402
+from uad.config import config_from_dict, merged  # noqa: E402
 from uad.data import demo  # noqa: E402
 from uad.data.prepared import load_split, prepare_category  # noqa: E402
 from uad.render import render_gif  # noqa: E402
@@ -190,7 +190,7 @@ def main() -> None:
     report["methods"] = {}
     for method in args.methods:
         for precision in args.precisions:
-            params = merge(merge({"device": "auto", "categories": args.categories}, PAPER[method]),
+            params = merged(merged({"device": "auto", "categories": args.categories}, PAPER[method]),
                            {"precision": precision, "evaluate": {"batch_size": args.feature_batch}})
             section = params[method]
             section["epochs"] = max(1, round(section["epochs"] * args.epochs_scale))
@@ -226,7 +226,7 @@ def main() -> None:
                          "render_s": round(time.perf_counter() - t, 2)}
                 if args.profile and device.type == "cuda":
                     entry["score_profile"] = profile_kernels(lambda: model.score(test.images, bs))
-                    short = config_from_dict(merge(params, {method: {"epochs": 2}}))
+                    short = config_from_dict(merged(params, {method: {"epochs": 2}}))
                     fresh = methods.create(short).to(device)
                     entry["fit_2_epochs_profile"] = profile_kernels(lambda: fresh.fit(train.images, seed_everything(0)))
                     fresh = None

@@ -103,3 +103,15 @@ def test_load_config_names_the_file(tmp_path: Path):
         load_config(bad)
     with pytest.raises(ConfigError, match="file not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_merged_leaves_its_inputs_alone():
+    """Benchmarks derive many runs from one base: a variant's overrides must not leak into the next."""
+    from uad.config import merged
+    base = {"model": "cfa", "cfa": {"epochs": 30, "lr": 1e-3}}
+    overlay = {"cfa": {"epochs": 1}, "precision": "tf32"}
+    out = merged(base, overlay)
+    assert out == {"model": "cfa", "cfa": {"epochs": 1, "lr": 1e-3}, "precision": "tf32"}
+    assert base == {"model": "cfa", "cfa": {"epochs": 30, "lr": 1e-3}} and overlay["cfa"] == {"epochs": 1}
+    out["cfa"]["lr"] = 0.5
+    assert base["cfa"]["lr"] == 1e-3

@@ -6,6 +6,8 @@ parameter's dotted name and, for choices, the list of valid values.
 
 from __future__ import annotations
 
+import copy
+
 import dataclasses
 import re
 import types
@@ -354,12 +356,18 @@ def _positive(section: Any, where: str, names: tuple[str, ...], allow_zero: bool
 
 
 def merge(base: Any, overlay: Any) -> Any:
-    """Recursive merge of params: mappings merge key by key, anything else in `overlay` replaces `base`."""
+    """Recursive merge of params INTO `base` (in place, so `uad.preset` keeps the YAML's comments):
+    mappings merge key by key, anything else in `overlay` replaces `base`. See `merged`."""
     if isinstance(base, Mapping) and isinstance(overlay, Mapping):
         for key, value in overlay.items():
             base[key] = merge(base[key], value) if key in base else value
         return base
     return overlay
+
+
+def merged(base: Any, overlay: Any) -> Any:
+    """`merge` into a deep copy: neither argument changes, so one base can feed many runs."""
+    return merge(copy.deepcopy(base), copy.deepcopy(overlay))
 
 
 def dotted(assignments: list[str]) -> dict:
