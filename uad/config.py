@@ -7,7 +7,6 @@ parameter's dotted name and, for choices, the list of valid values.
 from __future__ import annotations
 
 import copy
-
 import dataclasses
 import re
 import types
