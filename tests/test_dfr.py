@@ -41,14 +41,52 @@ def test_regional_features_equal_resize_then_pool():
 
 
 def test_cae_follows_the_paper_sizes():
-    cae = FeatCAE(3456, 200)
+    cae = FeatCAE(3456, 201)
+    hidden = (3456 + 402) // 2
+    assert cae.widths == [3456, hidden, 402, 201, 402, hidden, 3456]
     convs = [m for m in cae.modules() if isinstance(m, torch.nn.Conv2d)]
-    hidden = (3456 + 400) // 2
+    # inner widths padded to multiples of 8 (inert channels): 1929 -> 1936, 402 -> 408, 201 -> 208
     assert [(c.in_channels, c.out_channels) for c in convs] == [
-        (3456, hidden), (hidden, 400), (400, 200), (200, 400), (400, hidden), (hidden, 3456)]
+        (3456, 1936), (1936, 408), (408, 208), (208, 408), (408, 1936), (1936, 3456)]
     assert all(c.kernel_size == (1, 1) for c in convs)
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in cae.modules()) == 4
     assert isinstance(cae.encoder[-1], torch.nn.Conv2d) and isinstance(cae.decoder[-1], torch.nn.Conv2d)
+
+
+def _train(cae: FeatCAE, x: torch.Tensor, steps: int, weight_decay: float) -> torch.Tensor:
+    optim = torch.optim.Adam(cae.parameters(), lr=1e-2, weight_decay=weight_decay)
+    for i in range(steps):
+        batch = x[i % 2:: 2]
+        optim.zero_grad()
+        F.mse_loss(cae(batch), batch).backward()
+        optim.step()
+    return cae.eval()(x)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-2])
+def test_padded_cae_trains_exactly_like_the_unpadded_one(weight_decay):
+    """Same seed: the same initial weights in the leading slices, the same outputs (fp64) after
+    Adam steps in train mode, eval outputs equal, and every padded parameter still exactly 0.
+    (Adam normalises tiny gradients, so summation-order noise grows to ~1e-10 in 6 steps.)"""
+    torch.manual_seed(3)
+    plain = FeatCAE(24, 5, align=1).double()
+    torch.manual_seed(3)
+    padded = FeatCAE(24, 5).double()
+    assert plain.widths == padded.widths == [24, 17, 10, 5, 10, 17, 24]
+    after_padded = torch.rand(())
+    torch.manual_seed(3)
+    FeatCAE(24, 5, align=1)
+    assert torch.rand(()) == after_padded  # padding draws no random numbers
+    x = torch.randn(8, 24, 6, 6, dtype=torch.float64)
+    torch.testing.assert_close(padded(x), plain(x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(_train(padded, x, 6, weight_decay), _train(plain, x, 6, weight_decay),
+                               rtol=1e-7, atol=1e-8)
+    for (name, p), (_, q) in zip(padded.named_parameters(), plain.named_parameters()):
+        lead = tuple(slice(0, n) for n in q.shape)
+        torch.testing.assert_close(p[lead], q, rtol=1e-7, atol=1e-8, msg=name)
+        rest = p.detach().clone()
+        rest[lead] = 0
+        assert not rest.any(), f"{name}: a padded entry moved"
 
 
 def test_pca_dimension_counts_components_for_the_variance():
@@ -90,7 +128,7 @@ def test_dfr_trains_scores_and_round_trips(prepared, tmp_path):
 
 def test_explicit_latent_dim_skips_pca(prepared):
     _, model, info, _ = fitted(prepared, dfr={"latent_dim": 7, "epochs": 1})
-    assert model.latent_dim == 7 and model.cae.encoder[-1].out_channels == 7
+    assert model.latent_dim == 7 and model.cae.widths[3] == 7 and model.cae.encoder[-1].out_channels == 8
 
 
 def test_training_is_reproducible(prepared):

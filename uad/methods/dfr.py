@@ -72,23 +72,54 @@ class RegionalFeatures(nn.Module):
         return out.permute(0, 3, 1, 2)
 
 
-def _block(c_in: int, c_out: int, act: bool) -> list[nn.Module]:
-    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 1)]
-    if act:
-        layers += [nn.BatchNorm2d(c_out), nn.ReLU()]
-    return layers
+ALIGN = 8  # tensor cores take bf16 / tf32 channel counts in multiples of 8 / 4
+
+
+def _aligned(n: int, align: int) -> int:
+    return -(-n // align) * align
+
+
+def _block(c_in: int, c_out: int, act: bool, init: bool = True) -> list[nn.Module]:
+    conv = nn.Conv2d(c_in, c_out, 1) if init else nn.utils.skip_init(nn.Conv2d, c_in, c_out, 1)
+    return [conv, nn.BatchNorm2d(c_out), nn.ReLU()] if act else [conv]
+
+
+@torch.no_grad()
+def _pad_block(block: list[nn.Module], c_in: int, c_out: int) -> list[nn.Module]:
+    """The same block at widths (c_in, c_out) >= its own, the extra channels inert.
+
+    The paper's parameters fill the leading slices and everything else is zero
+    (BatchNorm's scale too): extra output channels are 0, extra input channels meet
+    zero weights, so the block computes the same function, the extra parameters'
+    gradients are exactly 0 and Adam (with or without weight decay) never moves them.
+    Draws no random numbers.
+    """
+    padded = _block(c_in, c_out, act=len(block) > 1, init=False)
+    for old, new in zip(block, padded):
+        for name, tensor in new.named_parameters():
+            tensor.zero_()[tuple(slice(0, n) for n in getattr(old, name).shape)] = getattr(old, name)
+    return padded
 
 
 class FeatCAE(nn.Module):
-    """The paper's 1x1 convolutional autoencoder: C -> (C+2d)/2 -> 2d -> d -> 2d -> (C+2d)/2 -> C."""
+    """The paper's 1x1 convolutional autoencoder: C -> (C+2d)/2 -> 2d -> d -> 2d -> (C+2d)/2 -> C.
 
-    def __init__(self, channels: int, latent: int):
+    The PCA-chosen widths are rarely multiples of 8; the GPU then falls back to slow
+    unaligned kernels (and layout conversions) for every convolution. So the inner
+    widths are padded up to multiples of `align` with inert channels (`_pad_block`):
+    the same function, the same training trajectory and the same random initialisation
+    as the unpadded network, which `widths` records.
+    """
+
+    def __init__(self, channels: int, latent: int, align: int = ALIGN):
         super().__init__()
         hidden = (channels + 2 * latent) // 2
-        self.encoder = nn.Sequential(*_block(channels, hidden, True), *_block(hidden, 2 * latent, True),
-                                     *_block(2 * latent, latent, False))
-        self.decoder = nn.Sequential(*_block(latent, 2 * latent, True), *_block(2 * latent, hidden, True),
-                                     *_block(hidden, channels, False))
+        self.widths = [channels, hidden, 2 * latent, latent, 2 * latent, hidden, channels]
+        padded = [self.widths[0], *(_aligned(w, align) for w in self.widths[1:-1]), self.widths[-1]]
+        blocks = [_block(self.widths[i], self.widths[i + 1], act=i not in (2, 5)) for i in range(6)]
+        blocks = [_pad_block(b, padded[i], padded[i + 1]) for i, b in enumerate(blocks)]
+        self.encoder = nn.Sequential(*blocks[0], *blocks[1], *blocks[2])
+        self.decoder = nn.Sequential(*blocks[3], *blocks[4], *blocks[5])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x))
