@@ -15,6 +15,7 @@ from uad.methods.cfa import (
     smallest,
     soft_boundary_loss,
     softmin_score,
+    shifted_distances,
     squared_distances,
 )
 from uad.runtime import seed_everything
@@ -22,10 +23,14 @@ from uad.runtime import seed_everything
 from .conftest import tiny_config
 
 
-def test_squared_distances_equal_cdist():
+@pytest.mark.parametrize("d", [7, 8])  # the augmented operands' width: 8 and 12
+def test_squared_distances_equal_cdist(d):
     g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(50, 7, generator=g), torch.randn(9, 7, generator=g)
+    a, b = torch.randn(50, d, generator=g), torch.randn(9, d, generator=g)
     torch.testing.assert_close(squared_distances(a, b), torch.cdist(a, b) ** 2, rtol=1e-4, atol=1e-4)
+    shifted = shifted_distances(a.double(), b.double())
+    torch.testing.assert_close(shifted, (torch.cdist(a, b).double() ** 2 - (a.double() ** 2).sum(1, keepdim=True)),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_coordconv_descriptor_shapes_and_coordinates():

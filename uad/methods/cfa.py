@@ -54,17 +54,37 @@ class CoordConvDescriptor(nn.Module):
         return F.conv2d(x, weight[:, :c]) + constant
 
 
-def squared_distances(patches: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-    """||p||^2 + ||c||^2 - 2 p.c for every patch (rows) and memory item (columns), one matmul.
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
-    Always in fp32, also under bf16 autocast: the expansion cancels, so bf16 would
-    lose the small distances that decide the nearest items.
+
+def shifted_distances(patches: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+    """||c||^2 - 2 p.c for every patch (rows) and memory item (columns): the squared distance
+    less ||p||^2, which orders each row the same. Always in fp32, also under bf16 autocast:
+    the expansion cancels, so bf16 would lose the small distances that decide the nearest items.
+
+    One matmul of augmented operands, [p, 1, 0..] . [-2c, ||c||^2, 0..] (width rounded up to a
+    multiple of 4 for aligned kernels), writes the matrix once: an `addmm` with a broadcast
+    ||p||^2 + ||c||^2 term materialises that term, copies it into the output and reads it
+    back, three extra passes over the largest tensor of the step.
     """
-    dtype = torch.promote_types(patches.dtype, torch.float32)
     with torch.autocast(device_type=patches.device.type, enabled=False):
-        patches, memory = patches.to(dtype), memory.to(dtype)
-        return torch.addmm((patches * patches).sum(1, keepdim=True) + (memory * memory).sum(1),
-                           patches, memory.T, alpha=-2.0)
+        p, c = _wide(patches), _wide(memory)
+        d = p.shape[1]
+        width = -(-(d + 1) // 4) * 4
+        left = p.new_zeros(len(p), width)
+        left[:, :d] = p
+        left[:, d] = 1
+        right = c.new_zeros(len(c), width)
+        right[:, :d] = c * -2
+        right[:, d] = (c * c).sum(1)
+        return left @ right.T
+
+
+def squared_distances(patches: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+    """||p - c||^2 for every patch (rows) and memory item (columns), in fp32 or wider."""
+    p = _wide(patches)
+    return shifted_distances(p, memory).add_((p * p).sum(1, keepdim=True))
 
 
 MIN_PASSES = 8  # up to this many neighbours, repeated min passes beat topk's radix select
@@ -99,17 +119,18 @@ class _Nearest(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, patches: torch.Tensor, memory: torch.Tensor, n: int) -> torch.Tensor:
-        values, index = smallest(squared_distances(patches, memory), n)
+        values, index = smallest(shifted_distances(patches, memory), n)
         ctx.save_for_backward(patches, memory, index)
-        return values
+        p = _wide(patches)
+        return values.add_((p * p).sum(1, keepdim=True))
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
         patches, memory, index = ctx.saved_tensors
-        dtype = torch.promote_types(patches.dtype, torch.float32)
-        grad = grad.to(dtype)
-        pulled = F.embedding_bag(index, memory.to(dtype), per_sample_weights=grad, mode="sum")
-        return (2 * (patches.to(dtype) * grad.sum(1, keepdim=True) - pulled)).to(patches.dtype), None, None
+        p = _wide(patches)
+        grad = grad.to(p.dtype)
+        pulled = F.embedding_bag(index, memory.to(p.dtype), per_sample_weights=grad, mode="sum")
+        return (2 * (p * grad.sum(1, keepdim=True) - pulled)).to(patches.dtype), None, None
 
 
 def nearest_distances(patches: torch.Tensor, memory: torch.Tensor, n: int) -> torch.Tensor:
