@@ -104,15 +104,12 @@ class FeatureExtractor(nn.Module):
 def to_input(images: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 NHWC batch (numpy or tensor) -> float NCHW in [0, 1] on `device`, channels-last.
 
-    A numpy batch is copied once (mmaps are read-only), into page-locked memory for CUDA:
-    the upload then runs asynchronously instead of waiting for the queued work of the
-    previous batch.
+    A numpy batch is copied (mmaps are read-only) into ordinary memory: a fresh page-locked
+    buffer per batch was slower on an H100 (CFA's bf16 feature pass at batch 64: 2,467 img/s
+    at 1f2c6ce vs 4,522 without), each batch waiting for a new pinned allocation.
     """
     if images.dtype not in (np.uint8, torch.uint8):
         raise TypeError(f"images must be uint8 in [0, 255], got {images.dtype}")
-    t = images
-    if isinstance(images, np.ndarray):
-        t = torch.empty(images.shape, dtype=torch.uint8, pin_memory=device.type == "cuda")
-        t.numpy()[...] = images
+    t = torch.from_numpy(np.array(images)) if isinstance(images, np.ndarray) else images
     t = t.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
     return t.contiguous(memory_format=torch.channels_last)
