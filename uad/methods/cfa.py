@@ -88,43 +88,25 @@ def squared_distances(patches: torch.Tensor, memory: torch.Tensor) -> torch.Tens
 
 
 MIN_PASSES = 8  # up to this many neighbours, repeated min passes beat topk's radix select
-GROUP = 16  # columns per group in `smallest`'s first pass
-
-
-def _min_passes(x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """n smallest of each row, ascending, by n passes of `min` that mask what they found
-    (overwrites `x`); `topk` beyond MIN_PASSES."""
-    if n > MIN_PASSES:
-        return x.topk(n, dim=1, largest=False)
-    values, index = [], []
-    for _ in range(n):
-        v, i = x.min(1, keepdim=True)
-        values.append(v)
-        index.append(i)
-        x.scatter_(1, i, float("inf"))
-    return torch.cat(values, 1), torch.cat(index, 1)
 
 
 def smallest(dist2: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The n smallest entries of each row, ascending, and their columns.
+    """The n smallest entries of each row, ascending, and their columns. Overwrites `dist2`.
 
-    CFA asks for a handful of neighbours among thousands of items, and this matrix is the
-    largest tensor of a step, so it is read once: the minimum of every group of GROUP
-    columns, then the n groups with the smallest minima (they hold the n smallest
-    entries: a group outside them has n groups, other than itself, whose minima are no
-    larger), then the n smallest among those n * GROUP entries. Where the columns do
-    not split into more than n groups, `_min_passes` on a copy.
+    CFA asks for a handful of neighbours among thousands of items: n passes of `min`,
+    each masking what it found, read the matrix n times, where `topk` reads it more.
     """
-    rows, cols = dist2.shape
-    if n > cols:
-        raise ValueError(f"asked for the {n} nearest of only {cols} memory items")
-    if cols % GROUP or cols <= n * GROUP:
-        return _min_passes(dist2.clone(), n)
-    groups = dist2.view(rows, cols // GROUP, GROUP)
-    _, best = _min_passes(groups.amin(2), n)  # (rows, n) group numbers
-    candidates = groups.gather(1, best[..., None].expand(-1, -1, GROUP)).view(rows, n * GROUP)
-    values, pick = candidates.topk(n, dim=1, largest=False)
-    return values, best.gather(1, pick // GROUP) * GROUP + pick % GROUP
+    if n > dist2.shape[1]:
+        raise ValueError(f"asked for the {n} nearest of only {dist2.shape[1]} memory items")
+    if n > MIN_PASSES:
+        return dist2.topk(n, dim=1, largest=False)
+    values, index = [], []
+    for _ in range(n):
+        v, i = dist2.min(1, keepdim=True)
+        values.append(v)
+        index.append(i)
+        dist2.scatter_(1, i, float("inf"))
+    return torch.cat(values, 1), torch.cat(index, 1)
 
 
 class _Nearest(torch.autograd.Function):
