@@ -24,46 +24,6 @@ def _contains(path: str, layer: str) -> bool:
     return layer == path or layer.startswith(path + ".")
 
 
-def _without_norm(bn: nn.Module) -> nn.Module:
-    """What is left of a folded batch norm: nothing, or timm's BatchNormAct2d's dropout and activation."""
-    if type(bn) is nn.BatchNorm2d:
-        return nn.Identity()
-    return nn.Sequential(bn.drop, bn.act)
-
-
-@torch.no_grad()
-def fold_batchnorm(model: nn.Module, keep: Sequence[str] = ()) -> int:
-    """Fold every eval-mode batch norm that directly follows a convolution into it; returns how many.
-
-    A frozen backbone's batch norm is a fixed per-channel affine map, so it can live in the
-    convolution's weights and bias: one pass over each feature map fewer (24 of lite0's
-    kernels). Pairs are adjacent children of one module (a convolution, then a
-    BatchNorm2d or timm's BatchNormAct2d over its channels), as timm registers them; the
-    caller checks the outputs are unchanged. Modules named in `keep` (or inside them),
-    whose outputs are read, are left alone.
-    """
-    folded = 0
-    for prefix, parent in list(model.named_modules()):
-        children = list(parent.named_children())
-        for (conv_name, conv), (bn_name, bn) in zip(children, children[1:]):
-            path = f"{prefix}.{bn_name}" if prefix else bn_name
-            conv_path = f"{prefix}.{conv_name}" if prefix else conv_name
-            if (not isinstance(conv, nn.Conv2d) or type(bn).__name__ not in ("BatchNorm2d", "BatchNormAct2d")
-                    or bn.training or bn.running_mean is None or bn.num_features != conv.out_channels
-                    or any(_contains(path, k) or _contains(conv_path, k) for k in keep)):
-                continue
-            scale = (bn.running_var.double() + bn.eps).rsqrt()
-            if bn.weight is not None:
-                scale = scale * bn.weight.double()
-            shift = -bn.running_mean.double() * scale + (bn.bias.double() if bn.bias is not None else 0)
-            bias = conv.bias.double() * scale if conv.bias is not None else 0
-            conv.weight.copy_(conv.weight.double() * scale.view(-1, 1, 1, 1))
-            conv.bias = nn.Parameter((bias + shift).to(conv.weight.dtype), requires_grad=False)
-            setattr(parent, bn_name, _without_norm(bn))
-            folded += 1
-    return folded
-
-
 def _trunk_steps(module: nn.Module, layers: Sequence[str], prefix: str = "") -> list[tuple[str, nn.Module]]:
     """(path, module) steps whose sequential composition is the forward pass up to the layers."""
     steps = []
@@ -114,7 +74,7 @@ class FeatureExtractor(nn.Module):
             names[lay].register_forward_hook(self._hook(lay))
         self.requires_grad_(False)
         self.eval()
-        self.channels, self.strides = self._fold_and_probe()
+        self.channels, self.strides = self._probe()
 
     def _hook(self, layer: str):
         def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
@@ -126,26 +86,10 @@ class FeatureExtractor(nn.Module):
         return super().train(False)
 
     @torch.no_grad()
-    def _fold_and_probe(self) -> tuple[list[int], list[int]]:
-        """Folds the batch norms (`fold_batchnorm`), checks the outputs did not change, and reads
-        each layer's channels and stride off them."""
+    def _probe(self) -> tuple[list[int], list[int]]:
         size = 64
-        x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-        before = self(x)
-        self.folded_norms = fold_batchnorm(self.steps, [self._step_relative(lay) for lay in self.layers])
-        after = self(x)
-        for lay, b, a in zip(self.layers, before, after):
-            if not torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max())):
-                raise RuntimeError(f"{self.backbone}: folding batch norms changed the output of {lay} "
-                                   f"(max difference {float((a - b).abs().max()):.3g})")
-        return [f.shape[1] for f in after], [size // f.shape[-1] for f in after]
-
-    def _step_relative(self, layer: str) -> str:
-        """A layer's path inside `self.steps`, whose children are numbered."""
-        for i, path in enumerate(self.step_paths):
-            if _contains(path, layer):
-                return str(i) + layer[len(path):]
-        raise ValueError(layer)
+        feats = self(torch.zeros(1, 3, size, size))
+        return [f.shape[1] for f in feats], [size // f.shape[-1] for f in feats]
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         x = (images - self.mean) / self.std
