@@ -100,7 +100,11 @@ def main() -> None:
     raw, project = args.workdir / "raw", args.workdir / "project"
     report: dict = {"commit": args.commit or git_commit(), "date": time.strftime("%Y-%m-%d"), "categories": args.categories,
                     "scale": args.scale, "epochs_scale": args.epochs_scale,
-                    "weights": "random (speed does not depend on them)"}
+                    "weights": "random (speed does not depend on them)",
+                    # every stage is a fresh interpreter: without bytecode caches each one compiles
+                    # torch, timm and torchmetrics from source (the GPU image sets PYTHONDONTWRITEBYTECODE=1)
+                    "bytecode_caches": not sys.flags.dont_write_bytecode,
+                    "pycache_prefix": os.environ.get("PYTHONPYCACHEPREFIX")}
     report["generate_s"] = generate(raw, args.categories, args.scale)["all"]
     report["images"] = sum(1 for p in raw.rglob("*.png") if "ground_truth" not in p.parts)
     print(json.dumps({"generated": report["images"], "seconds": report["generate_s"]}), flush=True)
