@@ -79,6 +79,12 @@ def cudnn_autotune() -> Iterator[None]:
         torch.backends.cudnn.benchmark = previous
 
 
+def round_up(n: int, multiple: int) -> int:
+    """The smallest multiple of `multiple` >= n: tensor cores want channel counts and matmul
+    widths in multiples of 8 (bf16) or 4 (tf32), else the GPU picks slow unaligned kernels."""
+    return -(-n // multiple) * multiple
+
+
 def storage_dtype(precision: str) -> torch.dtype:
     """dtype of backbone features kept in memory during fit: bf16 halves it where bf16 is allowed."""
     return torch.bfloat16 if precision == "bf16" else torch.float32

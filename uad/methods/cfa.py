@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from uad.config import CFAConfig, Config
 from uad.methods.base import AnomalyMethod, EpochLog, FitInfo, TrainingFeatures, TrainingSteps
-from uad.runtime import autocast, storage_dtype
+from uad.runtime import autocast, round_up, storage_dtype
 
 
 class CoordConvDescriptor(nn.Module):
@@ -71,7 +71,7 @@ def shifted_distances(patches: torch.Tensor, memory: torch.Tensor) -> torch.Tens
     with torch.autocast(device_type=patches.device.type, enabled=False):
         p, c = _wide(patches), _wide(memory)
         d = p.shape[1]
-        width = -(-(d + 1) // 4) * 4
+        width = round_up(d + 1, 4)
         left = p.new_zeros(len(p), width)
         left[:, :d] = p
         left[:, d] = 1

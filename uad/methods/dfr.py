@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from uad.config import Config, DFRConfig
 from uad.methods.base import AnomalyMethod, EpochLog, FitInfo, TrainingFeatures, TrainingSteps
-from uad.runtime import autocast, cudnn_autotune, storage_dtype
+from uad.runtime import autocast, cudnn_autotune, round_up, storage_dtype
 
 
 def resize_matrix(n_in: int, n_out: int) -> torch.Tensor:
@@ -75,10 +75,6 @@ class RegionalFeatures(nn.Module):
 ALIGN = 8  # tensor cores take bf16 / tf32 channel counts in multiples of 8 / 4
 
 
-def _aligned(n: int, align: int) -> int:
-    return -(-n // align) * align
-
-
 def _block(c_in: int, c_out: int, act: bool, init: bool = True) -> list[nn.Module]:
     conv = nn.Conv2d(c_in, c_out, 1) if init else nn.utils.skip_init(nn.Conv2d, c_in, c_out, 1)
     return [conv, nn.BatchNorm2d(c_out), nn.ReLU()] if act else [conv]
@@ -115,7 +111,7 @@ class FeatCAE(nn.Module):
         super().__init__()
         hidden = (channels + 2 * latent) // 2
         self.widths = [channels, hidden, 2 * latent, latent, 2 * latent, hidden, channels]
-        padded = [self.widths[0], *(_aligned(w, align) for w in self.widths[1:-1]), self.widths[-1]]
+        padded = [self.widths[0], *(round_up(w, align) for w in self.widths[1:-1]), self.widths[-1]]
         blocks = [_block(self.widths[i], self.widths[i + 1], act=i not in (2, 5)) for i in range(6)]
         blocks = [_pad_block(b, padded[i], padded[i + 1]) for i, b in enumerate(blocks)]
         self.encoder = nn.Sequential(*blocks[0], *blocks[1], *blocks[2])
