@@ -38,3 +38,23 @@ def test_render_gif_writes_evenly_spread_frames(tmp_path):
                               max_frames=4)
     frames = iio.imread(tmp_path / "g" / "x.gif", index=None)
     assert count == 4 and frames.shape[0] == 4 and frames.shape[2] == 96
+
+
+def test_gif_frames_keep_their_colours_and_timing(tmp_path):
+    """Quantised to 256 colours, a decoded frame stays close to the RGB frame it came from."""
+    n, side = 3, 64
+    ramp = np.linspace(0, 255, side, dtype=np.float32)
+    images = np.stack([np.stack([np.add.outer(ramp, ramp) / 2, np.tile(ramp, (side, 1)),
+                                 np.full((side, side), 40.0 * i)], -1) for i in range(n)]).astype(np.uint8)
+    masks = np.zeros((n, side, side), np.uint8)
+    masks[:, 10:20, 10:20] = 1
+    maps = np.tile(np.linspace(0, 1, side, dtype=np.float32), (n, side, 1))
+    kwargs = dict(normal_median=0.2, threshold=0.6)
+    render.render_gif(tmp_path / "x.gif", images, masks, maps, ["a", "b", "c"], maps.reshape(n, -1).max(1),
+                      frame_ms=250, max_frames=n, **kwargs)
+    decoded = iio.imread(tmp_path / "x.gif", index=None)[..., :3].astype(int)
+    for i in range(n):
+        expected = render.frame(images[i], masks[i], maps[i], caption=f"{'abc'[i]}  score 1  ANOMALY", **kwargs)
+        assert decoded[i].shape == expected.shape
+        assert np.abs(decoded[i] - expected).mean() < 4
+    assert iio.immeta(tmp_path / "x.gif", index=0)["duration"] == 250

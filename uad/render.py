@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import imageio.v3 as iio
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
@@ -77,8 +76,18 @@ def render_gif(path: str | Path, images: np.ndarray, masks: np.ndarray, maps: np
                             normal_median=normal_median, threshold=threshold, caption=caption))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(path, np.stack(frames), extension=".gif", duration=frame_ms, loop=0)
+    first, *rest = [_palette(f) for f in frames]
+    first.save(path, save_all=True, append_images=rest, duration=frame_ms, loop=0)
     return len(frames)
+
+
+def _palette(rgb: np.ndarray) -> Image.Image:
+    """A frame in 256 colours by fast octree quantisation, without dithering.
+
+    Given RGB frames, PIL's GIF writer runs its median-cut quantiser on each (~0.25 s for
+    a 1024 x 270 frame, 95 % of a 60-frame render on a CPU core); octree takes ~3 ms.
+    """
+    return Image.fromarray(rgb).quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
 
 
 def render_category(category: str, *, prepared: str | Path, scores_dir: str | Path, model_dir: str | Path,
