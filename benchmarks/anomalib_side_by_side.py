@@ -146,6 +146,34 @@ def model_only_throughput(cfg, model_dir: Path, prepared: Path, batch: int = 32)
     return round(len(images) / (time.perf_counter() - t), 2)
 
 
+def split_tf32_check(cfg, model_dir: Path, prepared: Path, batch: int = 32) -> dict:
+    """Our fp32 CFA scores the distances by `matmul_3xtf32` on a GPU: the same trained model scored
+    with it and with the plain fp32 matmul - how far the maps move, the AUROCs and the model-only speed."""
+    device = resolve_device(cfg.device)
+    configure_precision(cfg.precision, device)
+    model = methods.load(model_dir, cfg).to(device)
+    test = load_split(prepared, "test")
+    images = torch.from_numpy(np.array(test.images)).to(device)
+    labels = torch.from_numpy(test.labels).to(device)
+    masks = torch.from_numpy(np.array(test.masks)).to(device)
+    out, maps = {}, {}
+    for split in (False, True, False, True):  # twice each: the second pass of each is timed
+        model.split_tf32 = split
+        model.score(images, batch)
+        sync(device)
+        t = time.perf_counter()
+        scores = model.score(images, batch)
+        sync(device)
+        name = "3xtf32" if split else "fp32"
+        maps[name] = scores.maps
+        out[name] = {"images_per_s": round(len(images) / (time.perf_counter() - t), 2),
+                     "image_auroc": metrics.image_auroc(scores.image, labels),
+                     "pixel_auroc": metrics.pixel_auroc(scores.maps, masks)}
+    diff = (maps["3xtf32"] - maps["fp32"]).abs().max() / maps["fp32"].abs().max()
+    out["max_map_difference_relative"] = float(diff)
+    return out
+
+
 def run_ours(name: str, params: dict, work: Path) -> dict:
     model, extra = VARIANTS.get(name, (name, {}))
     cfg = config_from_dict(merged(merged(params, {"model": model}), extra))
@@ -153,7 +181,10 @@ def run_ours(name: str, params: dict, work: Path) -> dict:
     run = train_and_evaluate(cfg, CATEGORY, work / "prepared" / CATEGORY, out)
     result, perf = run.metrics, run.perf
     method = cfg.method()
+    check = ({"split_tf32_check": split_tf32_check(cfg, out / "model", work / "prepared" / CATEGORY)}
+             if model == "cfa" and cfg.precision == "fp32" and torch.cuda.is_available() else {})
     return {
+        **check,
         "fit_s": perf["fit_seconds"],
         "score_images_per_s": perf["score_images_per_s"],
         "score_images_per_s_model_only": model_only_throughput(cfg, out / "model", work / "prepared" / CATEGORY),

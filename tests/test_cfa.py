@@ -15,7 +15,9 @@ from uad.methods.cfa import (
     smallest,
     soft_boundary_loss,
     softmin_score,
+    matmul_3xtf32,
     shifted_distances,
+    tf32_split,
     squared_distances,
 )
 from uad.runtime import seed_everything
@@ -31,6 +33,67 @@ def test_squared_distances_equal_cdist(d):
     shifted = shifted_distances(a.double(), b.double())
     torch.testing.assert_close(shifted, (torch.cdist(a, b).double() ** 2 - (a.double() ** 2).sum(1, keepdim=True)),
                                rtol=1e-5, atol=1e-5)
+
+
+def _as_tf32(x: torch.Tensor) -> torch.Tensor:
+    """What a TF32 tensor core reads of fp32 `x`, at worst: the low 13 mantissa bits truncated."""
+    return (x.contiguous().view(torch.int32) & -(1 << 13)).view(torch.float32)
+
+
+def test_tf32_split_is_exact_and_hi_is_tf32():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1000, generator=g) * torch.logspace(-6, 6, 1000)
+    hi, lo = tf32_split(x)
+    assert torch.equal(hi + lo, x)  # exact, no rounding in the sum
+    assert torch.equal(_as_tf32(hi), hi)  # tensor cores read hi unchanged
+    assert (lo.abs() <= x.abs() * 2.0 ** -11).all()  # hi is x rounded to nearest, not truncated
+    assert torch.equal(tf32_split(-x)[0], -hi)
+
+
+def test_matmul_3xtf32_keeps_fp32_accuracy_under_tf32_inputs():
+    """With every operand truncated to TF32 as a tensor core may read it (emulated in fp64), the split
+    product stays within ~1e-6 of each product's size, where a plain TF32 product errs by ~1e-3."""
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(300, 40, generator=g), torch.randn(200, 40, generator=g)
+    exact = a.double() @ b.double().T
+    scale = a.double().abs() @ b.double().abs().T
+    lh, ll = tf32_split(a)
+    rh, rl = tf32_split(b)
+    split = sum(_as_tf32(x).double() @ _as_tf32(y).double().T for x, y in ((lh, rh), (lh, rl), (ll, rh)))
+    plain = _as_tf32(a).double() @ _as_tf32(b).double().T
+    assert ((split - exact).abs() / scale).max() < 2.0 ** -20
+    assert ((plain - exact).abs() / scale).max() > 2.0 ** -12
+    # the function itself (on the CPU, where the flag is ignored, all in fp32): fp32's own accuracy
+    before = torch.backends.cuda.matmul.allow_tf32
+    got = matmul_3xtf32(a, b).double()
+    assert ((got - exact).abs() / scale).max() < 1e-6
+    assert torch.backends.cuda.matmul.allow_tf32 == before  # the global flag is restored
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (TF32 tensor cores)")
+def test_matmul_3xtf32_on_tensor_cores_is_as_accurate_as_fp32():
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(4096, 152, generator=g), torch.randn(4096, 152, generator=g)
+    exact = a.double() @ b.double().T
+    scale = a.double().abs() @ b.double().abs().T
+    split = matmul_3xtf32(a.cuda(), b.cuda()).cpu().double()
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        tf32 = (a.cuda() @ b.cuda().T).cpu().double()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = False
+    fp32 = (a.cuda() @ b.cuda().T).cpu().double()
+    err = {name: ((x - exact).abs() / scale).max().item() for name, x in (("3xtf32", split), ("tf32", tf32),
+                                                                         ("fp32", fp32))}
+    assert err["3xtf32"] < 1e-6 and err["3xtf32"] < err["tf32"] / 100, err
+
+
+def test_split_distances_pick_the_same_nearest_items():
+    g = torch.Generator().manual_seed(2)
+    patches, memory = torch.randn(500, 37, generator=g), torch.randn(64, 37, generator=g)
+    plain = nearest_distances(patches, memory, 3)
+    split = nearest_distances(patches, memory, 3, split_tf32=True)
+    torch.testing.assert_close(split, plain, rtol=1e-5, atol=1e-5)
 
 
 def test_coordconv_descriptor_shapes_and_coordinates():
