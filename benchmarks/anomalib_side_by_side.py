@@ -520,7 +520,9 @@ def main() -> None:
     n_test = len(index["test"])
     ours_test = sorted((s["name"], int(s["label"])) for s in index["test"])
 
-    import anomalib  # noqa: F401  (its version is recorded; fails early when the wheels are missing)
+    wants_anomalib = any(m.startswith("anomalib/") for m in args.methods)
+    if wants_anomalib:
+        import anomalib  # noqa: F401  (its version is recorded; fails early when the wheels are missing)
     report = {
         "what": __doc__.splitlines()[0],
         "commit": args.commit or git_commit(),
@@ -529,7 +531,7 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "anomalib": anomalib.__version__,
+        "anomalib": anomalib.__version__ if wants_anomalib else None,
         "timm": __import__("timm").__version__,
         "lightning": __import__("lightning").__version__,
         "weights": str(args.weights),
