@@ -70,12 +70,13 @@ def tf32_split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def matmul_3xtf32(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-    """left @ right.T for fp32 operands, accurate to ~1e-6 of each product, on TF32 tensor cores.
+    """left @ right.T for fp32 operands at close to fp32's accuracy, on TF32 tensor cores.
 
     hi.hi + hi.lo + lo.hi as one TF32 matmul over operands concatenated along the inner
-    dimension (the output is written once); the dropped lo.lo and the TF32 rounding of lo are
-    below 2^-21 of each product, where a plain TF32 matmul errs by up to 2^-10. On the H100 this
-    is ~3x faster than the fp32 matmul, which runs on CUDA cores.
+    dimension (the output is written once); what it drops, lo.lo and the TF32 rounding of lo,
+    is ~2^-21 of each product, where a plain TF32 matmul drops ~2^-11. Measured on the H100
+    (4096 x 4096 x 152, error relative to sum |a||b|): 1.4e-6, fp32 3.8e-7, plain TF32 2.1e-4;
+    CFA's fp32 scoring on MTD 2,698 -> 3,072 img/s with AUROCs within 2e-5.
     """
     lh, ll = tf32_split(left)
     rh, rl = tf32_split(right)
