@@ -48,6 +48,8 @@ def test_tf32_split_is_exact_and_hi_is_tf32():
     assert torch.equal(_as_tf32(hi), hi)  # tensor cores read hi unchanged
     assert (lo.abs() <= x.abs() * 2.0 ** -11).all()  # hi is x rounded to nearest, not truncated
     assert torch.equal(tf32_split(-x)[0], -hi)
+    with pytest.raises(TypeError, match="fp32"):
+        tf32_split(x.double())  # its bits are not fp32's: splitting them would be garbage
 
 
 def test_matmul_3xtf32_keeps_fp32_accuracy_under_tf32_inputs():

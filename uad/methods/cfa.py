@@ -64,6 +64,8 @@ TF32_DROPPED_BITS = 13  # fp32 keeps 23 mantissa bits, TF32 10
 def tf32_split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """fp32 `x` as hi + lo, exactly: hi rounded to TF32's 10 mantissa bits, so tensor cores read it
     unchanged, and lo the remainder (|lo| <= 2^-11 |x|)."""
+    if x.dtype != torch.float32:
+        raise TypeError(f"tf32_split takes fp32 tensors, got {x.dtype}")
     bits = x.contiguous().view(torch.int32)
     hi = ((bits + (1 << (TF32_DROPPED_BITS - 1))) & -(1 << TF32_DROPPED_BITS)).view(torch.float32)
     return hi, x - hi
