@@ -58,6 +58,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -71,6 +72,8 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from uad import methods, metrics  # noqa: E402
+from uad.methods.base import TrainingFeatures  # noqa: E402
+from uad.methods.cfa import CFA  # noqa: E402
 from uad.data.prepared import load_split  # noqa: E402
 from uad.runtime import configure_precision, resolve_device  # noqa: E402
 from uad.config import config_from_dict, merged  # noqa: E402
@@ -85,12 +88,17 @@ ARCH = "tf_efficientnet_lite0"
 CFA_LAYERS = ("blocks.1", "blocks.2", "blocks.3")        # strides 4, 8, 16: ResNet layer1-3 (uad/zoo.py)
 PATCHCORE_LAYERS = ("blocks.2", "blocks.3")              # strides 8, 16: PatchCore's default layer2, layer3
 BATCH = 32
-METHODS = ("ours/cfa", "ours/cfa_tf32", "ours/cfa_fixed_r", "ours/cfa_batch32", "ours/dfr", "anomalib/cfa",
-           "anomalib/padim", "anomalib/patchcore")
+METHODS = ("ours/cfa", "ours/cfa_tf32", "ours/cfa_fixed_r", "ours/cfa_batch32", "ours/cfa_anomalib_settings",
+           "ours/cfa_anomalib_like", "ours/dfr", "anomalib/cfa", "anomalib/padim", "anomalib/patchcore")
 # our variants beyond the defaults: CFA with TF32 matmuls (`precision: tf32`), with the radius
-# fixed at its initial value, as anomalib's Cfa has it, and with anomalib's batch of 32 (8x fewer steps)
+# fixed at its initial value, as anomalib's Cfa has it, with anomalib's batch of 32 (8x fewer steps),
+# with both (anomalib's settings), and with both plus anomalib's two input quirks (AnomalibLikeCFA)
+ANOMALIB_SETTINGS = {"cfa": {"batch_size": BATCH, "learn_radius": False}}
 VARIANTS = {"cfa_tf32": ("cfa", {"precision": "tf32"}), "cfa_fixed_r": ("cfa", {"cfa": {"learn_radius": False}}),
-            "cfa_batch32": ("cfa", {"cfa": {"batch_size": 32}})}
+            "cfa_batch32": ("cfa", {"cfa": {"batch_size": BATCH}}),
+            "cfa_anomalib_settings": ("cfa", ANOMALIB_SETTINGS),
+            "cfa_anomalib_like": ("cfa", ANOMALIB_SETTINGS)}
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def sync(device: torch.device) -> None:
@@ -130,6 +138,59 @@ def limit_layout(category_dir: Path, n: int) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------------------------- our methods
+
+class AnomalibLikeCFA(CFA):
+    """Our CFA with the two input quirks of anomalib 2.7.0's Cfa, to attribute the AUROC gap (benchmark only).
+
+    1. Every backbone gets ImageNet's mean/std (anomalib's Cfa pre-processor); timm's tf_ lite0 weights
+       expect mean = std = 0.5, which our extractor uses.
+    2. The memory bank is the per-location mean descriptor of UNnormalised images in [0, 1]:
+       anomalib's `Cfa.on_train_start` calls `initialize_centroid(datamodule.train_dataloader())`, a
+       loop outside Lightning's batch hooks, so the PreProcessor's Normalize (applied in
+       `on_train_batch_start`) never runs there; the datamodule's augmentations still resize.
+    Its remaining differences, batch 32 and a fixed radius, are params (ANOMALIB_SETTINGS).
+    """
+
+    def __init__(self, cfg, memory_size: int | None = None):
+        super().__init__(cfg, memory_size)
+        self.extractor.mean.copy_(torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.extractor.std.copy_(torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        self._train_images: np.ndarray | None = None
+
+    def fit(self, images, generator, log=None):
+        self._train_images = images
+        try:
+            return super().fit(images, generator, log)
+        finally:
+            self._train_images = None
+
+    @torch.no_grad()
+    def _init_memory(self, feats: TrainingFeatures, generator: torch.Generator) -> None:
+        mean, std = self.extractor.mean.clone(), self.extractor.std.clone()
+        self.extractor.mean.zero_()
+        self.extractor.std.fill_(1.0)
+        try:
+            raw = TrainingFeatures(self._train_images, self.patch_features, feats.dtype, feats.batch_size,
+                                   self.device)
+        finally:
+            self.extractor.mean.copy_(mean)
+            self.extractor.std.copy_(std)
+        super()._init_memory(raw, generator)
+
+
+@contextlib.contextmanager
+def method_class(name: str):
+    """`AnomalibLikeCFA` in the registry slot of "cfa" for the variant that asks for it, else nothing."""
+    if name != "cfa_anomalib_like":
+        yield
+        return
+    original = methods.METHODS["cfa"]
+    methods.METHODS["cfa"] = AnomalibLikeCFA
+    try:
+        yield
+    finally:
+        methods.METHODS["cfa"] = original
+
 
 def model_only_throughput(cfg, model_dir: Path, prepared: Path, batch: int = 32) -> float:
     """Images/s of our trained model on test images already on the device (uint8), batch 32: the
@@ -174,23 +235,30 @@ def split_tf32_check(cfg, model_dir: Path, prepared: Path, batch: int = 32) -> d
     return out
 
 
-def run_ours(name: str, params: dict, work: Path) -> dict:
+def run_ours(name: str, params: dict, work: Path, seed: int, full: bool) -> dict:
+    """One run of our method or variant `name` with `seed`; `full` adds the model-only speed (and, for
+    fp32 CFA on a GPU, the 3xTF32 check), which the further seeds of a method skip."""
     model, extra = VARIANTS.get(name, (name, {}))
-    cfg = config_from_dict(merged(merged(params, {"model": model}), extra))
-    out = work / "ours" / name
-    run = train_and_evaluate(cfg, CATEGORY, work / "prepared" / CATEGORY, out)
-    result, perf = run.metrics, run.perf
+    cfg = config_from_dict(merged(merged(params, {"model": model, "seed": seed}), extra))
+    out = work / "ours" / f"{name}_seed{seed}"
+    prepared = work / "prepared" / CATEGORY
+    with method_class(name):
+        run = train_and_evaluate(cfg, CATEGORY, prepared, out)
+        result, perf = run.metrics, run.perf
+        entry = {"seed": seed, "fit_s": perf["fit_seconds"], "image_auroc": result["image_auroc"],
+                 "pixel_auroc": result["pixel_auroc"]}
+        if not full:
+            return entry
+        check = ({"split_tf32_check": split_tf32_check(cfg, out / "model", prepared)}
+                 if model == "cfa" and cfg.precision == "fp32" and torch.cuda.is_available() else {})
+        model_only = model_only_throughput(cfg, out / "model", prepared)
     method = cfg.method()
-    check = ({"split_tf32_check": split_tf32_check(cfg, out / "model", work / "prepared" / CATEGORY)}
-             if model == "cfa" and cfg.precision == "fp32" and torch.cuda.is_available() else {})
     return {
+        **entry,
         **check,
-        "fit_s": perf["fit_seconds"],
         "score_images_per_s": perf["score_images_per_s"],
-        "score_images_per_s_model_only": model_only_throughput(cfg, out / "model", work / "prepared" / CATEGORY),
+        "score_images_per_s_model_only": model_only,
         "params_changed": extra,
-        "image_auroc": result["image_auroc"],
-        "pixel_auroc": result["pixel_auroc"],
         "epochs": method.epochs,
         "train_wall_s": run.train_wall_s,
         "evaluate_wall_s": run.evaluate_wall_s,
@@ -411,7 +479,11 @@ def score_anomalib(model, datamodule, device: torch.device) -> dict:
     }
 
 
-def run_anomalib(name: str, args, work: Path, device: torch.device, cfa_epochs: int, tf32: dict) -> dict:
+def run_anomalib(name: str, args, work: Path, device: torch.device, cfa_epochs: int, tf32: dict, seed: int,
+                 full: bool) -> dict:
+    """One anomalib run with `seed`. `full`: Engine defaults, incl. validation on the test split after every
+    epoch; otherwise (the further seeds) without validation (`limit_val_batches=0`), which changes no
+    training step, only the fit time, which those runs do not report."""
     import lightning
     from anomalib.data import MVTecAD
     from anomalib.engine import Engine
@@ -421,7 +493,7 @@ def run_anomalib(name: str, args, work: Path, device: torch.device, cfa_epochs: 
     # MTD photos are JPEG (masks are PNG), so .jpg is added. Nothing else about the reading changes.
     mvtec_dataset.IMG_EXTENSIONS = (".png", ".PNG", ".jpg", ".JPG")
     set_tf32(tf32)  # torch's process defaults (our fp32 runs turn cuDNN TF32 off)
-    lightning.seed_everything(0, workers=True, verbose=False)
+    lightning.seed_everything(seed, workers=True, verbose=False)
     if name == "anomalib/cfa":
         model, info = anomalib_cfa(args.weights, gamma_c=1, gamma_d=1)
         extra = {"max_epochs": cfa_epochs}
@@ -434,8 +506,11 @@ def run_anomalib(name: str, args, work: Path, device: torch.device, cfa_epochs: 
     workers = min(8, os.cpu_count() or 1)
     datamodule = MVTecAD(root=work / "raw", category=CATEGORY, train_batch_size=BATCH, eval_batch_size=BATCH,
                          num_workers=workers)
+    if not full:
+        extra["limit_val_batches"] = 0
     timer = phase_timer(device)
-    engine = Engine(default_root_dir=work / "anomalib", accelerator="gpu" if device.type == "cuda" else "cpu",
+    engine = Engine(default_root_dir=work / "anomalib" / f"seed{seed}",
+                    accelerator="gpu" if device.type == "cuda" else "cpu",
                     devices=1, enable_progress_bar=False, callbacks=[timer], **extra)
     sync(device)
     t = time.perf_counter()
@@ -444,7 +519,12 @@ def run_anomalib(name: str, args, work: Path, device: torch.device, cfa_epochs: 
     fit_s = time.perf_counter() - t
     result = score_anomalib(model, datamodule, device)
     trainer = engine.trainer
+    if not full:
+        return {"seed": seed, "fit_s": round(fit_s, 3), "validation": "off", "image_auroc": result["image_auroc"],
+                "pixel_auroc": result["pixel_auroc"], "test_set": result["test_set"],
+                "epochs": trainer.current_epoch if name == "anomalib/cfa" else 1}
     entry = {
+        "seed": seed,
         "fit_s": round(fit_s, 3),
         "score_images_per_s": result.pop("score_images_per_s"),
         "image_auroc": result.pop("image_auroc"),
@@ -486,6 +566,9 @@ def main() -> None:
     ap.add_argument("--epochs-scale", type=float, default=1.0,
                     help="smoke test: scale the epochs of our CFA/DFR and anomalib's Cfa (min 1)")
     ap.add_argument("--no-warmup", action="store_true", help="time the first method cold (CUDA start-up included)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0],
+                    help="every method runs once per seed; the first seed's run is the full one (timings), "
+                         "the others give accuracy and fit time (anomalib's without validation)")
     ap.add_argument("--commit", default=None, help="commit id to record (default: git rev-parse --short HEAD)")
     args = ap.parse_args()
     args.mtd, args.weights = args.mtd.resolve(), args.weights.resolve()
@@ -560,23 +643,34 @@ def main() -> None:
         # one untimed epoch of each of our methods first: the CUDA context, cuBLAS/cuDNN handles and
         # lazily loaded kernels are paid once per process, not by whichever method is timed first
         t = time.perf_counter()
-        for model in ("cfa", "dfr"):
+        wanted = {VARIANTS.get(m.split("/")[1], (m.split("/")[1],))[0] for m in args.methods if m.startswith("ours/")}
+        for model in sorted(wanted):
             cfg = config_from_dict(merged(merged(params, {"model": model}), {model: {"epochs": 1}}))
             train_and_evaluate(cfg, CATEGORY, work / "prepared" / CATEGORY, work / "warmup" / model)
         report["warmup_s"] = round(time.perf_counter() - t, 2)
+    report["seeds"] = args.seeds
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     for name in args.methods:
-        if name.startswith("ours/"):
-            entry = run_ours(name.split("/")[1], params, work)
-        else:
-            entry = run_anomalib(name, args, work, device, scaled(30), tf32)
-            if entry.pop("test_set") != ours_test:
-                raise RuntimeError(f"{name}: the test images or labels differ from ours "
-                                   f"({entry['n_test']} vs {n_test})")
-            entry["test_set_matches_ours"] = True
+        runs = []
+        for i, seed in enumerate(args.seeds):
+            if name.startswith("ours/"):
+                run = run_ours(name.split("/")[1], params, work, seed, full=i == 0)
+            else:
+                run = run_anomalib(name, args, work, device, scaled(30), tf32, seed, full=i == 0)
+                if run.pop("test_set") != ours_test:
+                    raise RuntimeError(f"{name}: the test images or labels differ from ours "
+                                       f"({run.get('n_test')} vs {n_test})")
+                run["test_set_matches_ours"] = True
+            runs.append(run)
+            progress(name, {k: v for k, v in run.items() if not isinstance(v, (dict, list))})
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        entry = runs[0]
+        if len(runs) > 1:
+            entry["per_seed"] = [{k: r[k] for k in ("seed", "fit_s", "image_auroc", "pixel_auroc")} for r in runs]
+            entry["over_seeds"] = {k: spread([r[k] for r in runs]) for k in ("image_auroc", "pixel_auroc")}
         report["methods"][name] = entry
-        progress(name, {k: v for k, v in entry.items() if not isinstance(v, dict)})
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        args.out.write_text(json.dumps(report, indent=1))  # what is done so far survives a time-out
 
     got = report["methods"]
     theirs = got.get("anomalib/cfa")
@@ -594,9 +688,20 @@ def main() -> None:
                 "score_speed_model_only": round(ours["score_images_per_s_model_only"] / theirs["score_images_per_s"],
                                                 3),
             }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+        if "over_seeds" in theirs:
+            report["accuracy_over_seeds"] = {
+                "definition": "mean over seeds, ours minus anomalib's Cfa (>= 0: ours not lower)",
+                **{name: {k: round(got[name]["over_seeds"][k]["mean"] - theirs["over_seeds"][k]["mean"], 6)
+                          for k in ("image_auroc", "pixel_auroc")}
+                   for name in got if name.startswith("ours/cfa") and "over_seeds" in got[name]}}
     args.out.write_text(json.dumps(report, indent=1))
     print(f"wrote {args.out}", flush=True)
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Mean, sample standard deviation, minimum and maximum of one metric over seeds."""
+    return {"mean": round(statistics.fmean(values), 6), "std": round(statistics.stdev(values), 6),
+            "min": min(values), "max": max(values), "n": len(values)}
 
 
 if __name__ == "__main__":
