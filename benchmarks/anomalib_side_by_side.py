@@ -89,15 +89,18 @@ CFA_LAYERS = ("blocks.1", "blocks.2", "blocks.3")        # strides 4, 8, 16: Res
 PATCHCORE_LAYERS = ("blocks.2", "blocks.3")              # strides 8, 16: PatchCore's default layer2, layer3
 BATCH = 32
 METHODS = ("ours/cfa", "ours/cfa_tf32", "ours/cfa_fixed_r", "ours/cfa_batch32", "ours/cfa_anomalib_settings",
-           "ours/cfa_anomalib_like", "ours/dfr", "anomalib/cfa", "anomalib/padim", "anomalib/patchcore")
+           "ours/cfa_anomalib_like", "ours/cfa_imagenet_norm", "ours/cfa_raw_memory", "ours/dfr", "anomalib/cfa",
+           "anomalib/padim", "anomalib/patchcore")
 # our variants beyond the defaults: CFA with TF32 matmuls (`precision: tf32`), with the radius
 # fixed at its initial value, as anomalib's Cfa has it, with anomalib's batch of 32 (8x fewer steps),
-# with both (anomalib's settings), and with both plus anomalib's two input quirks (AnomalibLikeCFA)
+# with both (anomalib's settings), and with both plus anomalib's two input quirks (AnomalibLikeCFA), or
+# one of them
 ANOMALIB_SETTINGS = {"cfa": {"batch_size": BATCH, "learn_radius": False}}
 VARIANTS = {"cfa_tf32": ("cfa", {"precision": "tf32"}), "cfa_fixed_r": ("cfa", {"cfa": {"learn_radius": False}}),
             "cfa_batch32": ("cfa", {"cfa": {"batch_size": BATCH}}),
             "cfa_anomalib_settings": ("cfa", ANOMALIB_SETTINGS),
-            "cfa_anomalib_like": ("cfa", ANOMALIB_SETTINGS)}
+            "cfa_anomalib_like": ("cfa", ANOMALIB_SETTINGS), "cfa_imagenet_norm": ("cfa", ANOMALIB_SETTINGS),
+            "cfa_raw_memory": ("cfa", ANOMALIB_SETTINGS)}
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -149,12 +152,17 @@ class AnomalibLikeCFA(CFA):
        loop outside Lightning's batch hooks, so the PreProcessor's Normalize (applied in
        `on_train_batch_start`) never runs there; the datamodule's augmentations still resize.
     Its remaining differences, batch 32 and a fixed radius, are params (ANOMALIB_SETTINGS).
+    The subclasses below keep one quirk each.
     """
+
+    imagenet_normalisation = True
+    raw_memory = True
 
     def __init__(self, cfg, memory_size: int | None = None):
         super().__init__(cfg, memory_size)
-        self.extractor.mean.copy_(torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
-        self.extractor.std.copy_(torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        if self.imagenet_normalisation:
+            self.extractor.mean.copy_(torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+            self.extractor.std.copy_(torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         self._train_images: np.ndarray | None = None
 
     def fit(self, images, generator, log=None):
@@ -166,6 +174,9 @@ class AnomalibLikeCFA(CFA):
 
     @torch.no_grad()
     def _init_memory(self, feats: TrainingFeatures, generator: torch.Generator) -> None:
+        if not self.raw_memory:
+            super()._init_memory(feats, generator)
+            return
         mean, std = self.extractor.mean.clone(), self.extractor.std.clone()
         self.extractor.mean.zero_()
         self.extractor.std.fill_(1.0)
@@ -178,14 +189,30 @@ class AnomalibLikeCFA(CFA):
         super()._init_memory(raw, generator)
 
 
+class ImageNetNormCFA(AnomalibLikeCFA):
+    """Only anomalib's ImageNet normalisation (the memory bank from normalised images, as the official code)."""
+
+    raw_memory = False
+
+
+class RawMemoryCFA(AnomalibLikeCFA):
+    """Only anomalib's memory bank from unnormalised images (our normalisation, the weights' own)."""
+
+    imagenet_normalisation = False
+
+
+VARIANT_CLASSES = {"cfa_anomalib_like": AnomalibLikeCFA, "cfa_imagenet_norm": ImageNetNormCFA,
+                   "cfa_raw_memory": RawMemoryCFA}
+
+
 @contextlib.contextmanager
 def method_class(name: str):
-    """`AnomalibLikeCFA` in the registry slot of "cfa" for the variant that asks for it, else nothing."""
-    if name != "cfa_anomalib_like":
+    """The variant's CFA class (VARIANT_CLASSES) in the registry slot of "cfa", else nothing."""
+    if name not in VARIANT_CLASSES:
         yield
         return
     original = methods.METHODS["cfa"]
-    methods.METHODS["cfa"] = AnomalibLikeCFA
+    methods.METHODS["cfa"] = VARIANT_CLASSES[name]
     try:
         yield
     finally:
