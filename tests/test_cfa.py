@@ -20,7 +20,7 @@ from uad.methods.cfa import (
     tf32_split,
     squared_distances,
 )
-from uad.runtime import seed_everything
+from uad.runtime import backend_flag, seed_everything
 
 from .conftest import tiny_config
 
@@ -79,12 +79,10 @@ def test_matmul_3xtf32_on_tensor_cores_is_as_accurate_as_fp32():
     exact = a.double() @ b.double().T
     scale = a.double().abs() @ b.double().abs().T
     split = matmul_3xtf32(a.cuda(), b.cuda()).cpu().double()
-    torch.backends.cuda.matmul.allow_tf32 = True
-    try:
+    with backend_flag(torch.backends.cuda.matmul, "allow_tf32", True):
         tf32 = (a.cuda() @ b.cuda().T).cpu().double()
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = False
-    fp32 = (a.cuda() @ b.cuda().T).cpu().double()
+    with backend_flag(torch.backends.cuda.matmul, "allow_tf32", False):
+        fp32 = (a.cuda() @ b.cuda().T).cpu().double()
     err = {name: ((x - exact).abs() / scale).max().item() for name, x in (("3xtf32", split), ("tf32", tf32),
                                                                          ("fp32", fp32))}
     # H100: 1.4e-6, fp32 3.8e-7, plain TF32 2.1e-4

@@ -105,3 +105,18 @@ def test_cudnn_autotune_is_scoped():
     with cudnn_autotune():
         assert torch.backends.cudnn.benchmark
     assert torch.backends.cudnn.benchmark == before
+
+
+@pytest.mark.parametrize("start", [False, True])
+def test_backend_flag_is_restored_also_after_an_error(start):
+    from uad.runtime import backend_flag
+    matmul = torch.backends.cuda.matmul
+    before = matmul.allow_tf32
+    matmul.allow_tf32 = start
+    try:
+        with pytest.raises(RuntimeError), backend_flag(matmul, "allow_tf32", not start):
+            assert matmul.allow_tf32 is (not start)
+            raise RuntimeError("a failed step")
+        assert matmul.allow_tf32 is start
+    finally:
+        matmul.allow_tf32 = before

@@ -63,7 +63,18 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
 
 
 @contextlib.contextmanager
-def cudnn_autotune() -> Iterator[None]:
+def backend_flag(owner: object, name: str, value: bool) -> Iterator[None]:
+    """A `torch.backends` switch set for the block and restored after it, also on error: the
+    switches are process-wide, and one method's choice must not leak into what runs next."""
+    previous = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, previous)
+
+
+def cudnn_autotune() -> contextlib.AbstractContextManager[None]:
     """cuDNN times its candidate algorithms once per convolution shape instead of guessing.
 
     For DFR's autoencoder, whose PCA-chosen widths are rarely multiples of 8, the guess is
@@ -71,12 +82,7 @@ def cudnn_autotune() -> Iterator[None]:
     102.4 s with autotuning, scoring 825 vs 1,190 img/s. Other convolutions keep the guess,
     which costs no start-up time. Backward passes must run inside the block too.
     """
-    previous = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = True
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = previous
+    return backend_flag(torch.backends.cudnn, "benchmark", True)
 
 
 def round_up(n: int, multiple: int) -> int:

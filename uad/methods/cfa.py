@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from uad.config import CFAConfig, Config
 from uad.methods.base import AnomalyMethod, EpochLog, FitInfo, TrainingFeatures, TrainingSteps
-from uad.runtime import autocast, round_up, storage_dtype
+from uad.runtime import autocast, backend_flag, round_up, storage_dtype
 
 
 class CoordConvDescriptor(nn.Module):
@@ -83,12 +83,8 @@ def matmul_3xtf32(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     lh, ll = tf32_split(left)
     rh, rl = tf32_split(right)
     a, b = torch.cat([lh, lh, ll], 1), torch.cat([rh, rl, rh], 1)
-    previous = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
-    try:
+    with backend_flag(torch.backends.cuda.matmul, "allow_tf32", True):
         return a @ b.T
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
 
 
 def shifted_distances(patches: torch.Tensor, memory: torch.Tensor, split_tf32: bool = False) -> torch.Tensor:
