@@ -17,6 +17,7 @@ class Resource:
     stall_first: int | None = None  # first response sends this many bytes, then hangs
     ignore_range: bool = False
     claimed_length: int | None = None  # Content-Length to announce instead of the real one
+    no_length: bool = False  # send no Content-Length: the end of the body is the end of the connection
     requests: list[str | None] = field(default_factory=list)  # Range header of every request
 
 
@@ -48,7 +49,8 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         body = res.data[start:]
-        self.send_header("Content-Length", str(res.claimed_length or len(body)))
+        if not res.no_length:
+            self.send_header("Content-Length", str(res.claimed_length or len(body)))
         self.end_headers()
         if first and res.cut_first is not None:
             self.wfile.write(body[: res.cut_first])

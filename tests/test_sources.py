@@ -12,8 +12,8 @@ from PIL import Image
 from uad.data import mtd
 from uad.data.download import DownloadError
 from uad.data.layout import LayoutError, scan_category
-from uad.data.prepared import load_split, prepare_category
-from uad.data.sources import acquire
+from uad.data.prepared import DataError, load_split, prepare_category
+from uad.data.sources import acquire, cache_name
 
 from .conftest import SHARED, tiny_config
 from .httpserver import LocalServer, Resource
@@ -61,7 +61,9 @@ def test_mvtec_download_verifies_and_extracts_only_selected_categories(tmp_path)
         raw = acquire(cfg, tmp_path / "raw" / "mvtec_ad")
         assert sorted(p.name for p in raw.iterdir()) == ["bottle"]
         assert len(scan_category(raw / "bottle").test) == 2
-        assert (tmp_path / "downloads" / "mvtec_anomaly_detection.tar.xz").read_bytes() == data
+        cached = tmp_path / "downloads" / cache_name(cfg.data.mvtec_ad.url, "mvtec_anomaly_detection.tar.xz")
+        assert cached.read_bytes() == data and cached.name.startswith("mvtec_anomaly_detection-")
+        assert (cached.parent / (cached.name + ".source")).read_text().strip() == cfg.data.mvtec_ad.url
         # a second run (say, after adding a category) reuses the verified archive
         again = mvtec_config(tmp_path, cfg.data.mvtec_ad.url, data)
         acquire(tiny_config(**{"dataset": "mvtec_ad", "categories": ["bottle", "cable"],
@@ -177,3 +179,77 @@ def test_folder_dataset_copies_validated_categories(tmp_path):
         acquire(tiny_config(dataset="folder", categories=["part_b"],
                             data={"folder": {"path": str(tmp_path / "src")}}), tmp_path / "raw2")
     assert not (tmp_path / "raw2").exists()
+
+
+def mtd_zip_bytes(src, prefix="Magnetic-tile-defect-datasets.-master") -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for p in sorted(src.rglob("*")):
+            if p.is_file():
+                zf.write(p, f"{prefix}/{p.relative_to(src)}")
+    return buf.getvalue()
+
+
+def mtd_config(tmp_path, url):
+    return tiny_config(dataset="mtd", categories=["magnetic_tile"], data={
+        "downloads": str(tmp_path / "dl"), "http": {"retries": 1, "timeout": 5}, "mtd": {"source": url}})
+
+
+def test_the_download_cache_is_keyed_by_the_source(tmp_path):
+    """Another URL is another download, never the archive of the old one."""
+    first = fake_mtd(tmp_path / "first", n_free=10)
+    second = fake_mtd(tmp_path / "second", n_free=15)
+    with LocalServer() as server:
+        res_a = server.add("/a.zip", Resource(mtd_zip_bytes(first)))
+        res_b = server.add("/b.zip", Resource(mtd_zip_bytes(second)))
+        raw_a = acquire(mtd_config(tmp_path, server.url("/a.zip")), tmp_path / "raw_a")
+        raw_b = acquire(mtd_config(tmp_path, server.url("/b.zip")), tmp_path / "raw_b")
+        acquire(mtd_config(tmp_path, server.url("/a.zip")), tmp_path / "raw_a2")
+    assert len(scan_category(raw_a / "magnetic_tile").train) == 8
+    assert len(scan_category(raw_b / "magnetic_tile").train) == 12
+    assert len(res_a.requests) == 1 and len(res_b.requests) == 1  # the third run reused a's archive
+    assert len(list((tmp_path / "dl").glob("magnetic_tile_defects-*.zip"))) == 2
+
+
+def test_a_cut_archive_without_content_length_never_reaches_the_cache(tmp_path):
+    data = mtd_zip_bytes(fake_mtd(tmp_path / "src"))
+    with LocalServer() as server:
+        server.add("/m.zip", Resource(data, no_length=True, cut_every=len(data) // 2, ignore_range=True))
+        with pytest.raises(DownloadError, match="without a length and the file is incomplete"):
+            acquire(mtd_config(tmp_path, server.url("/m.zip")), tmp_path / "raw")
+        assert not list((tmp_path / "dl").glob("*.zip"))
+        server.add("/m.zip", Resource(data, no_length=True))  # the network recovers: the next run works
+        raw = acquire(mtd_config(tmp_path, server.url("/m.zip")), tmp_path / "raw")
+    assert len(scan_category(raw / "magnetic_tile").train) == 9
+
+
+def test_errors_inside_a_downloaded_archive_name_the_archive(tmp_path):
+    src = fake_mtd(tmp_path / "src")
+    (src / "MT_Crack" / "Imgs" / "d2_1.png").unlink()
+    with LocalServer() as server:
+        server.add("/m.zip", Resource(mtd_zip_bytes(src)))
+        cfg = mtd_config(tmp_path, server.url("/m.zip"))
+        with pytest.raises(LayoutError) as info:
+            acquire(cfg, tmp_path / "raw")
+    cached = tmp_path / "dl" / cache_name(cfg.data.mtd.source, "magnetic_tile_defects.zip")
+    assert str(info.value).startswith(f"{cached}: member Magnetic-tile-defect-datasets.-master/MT_Crack/Imgs/d2_1.jpg")
+    assert "tmp" not in str(info.value).replace(str(tmp_path), "")
+
+
+def test_a_category_missing_from_the_mvtec_archive_names_the_archive(tmp_path):
+    archive = fake_mvtec_tar(tmp_path / "mvtec.tar.xz", categories=("bottle",))
+    cfg = tiny_config(dataset="mvtec_ad", categories=["cable"], data={"mvtec_ad": {
+        "url": str(archive), "size": 0, "sha256": ""}})
+    with pytest.raises(LayoutError, match=f"^{archive}: has no folder cable/"):
+        acquire(cfg, tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
+
+
+def test_folder_dataset_errors_name_the_users_files(tmp_path):
+    make_category(tmp_path / "src" / "part_a")
+    bad = tmp_path / "src" / "part_a" / "train" / "good" / "001.png"
+    bad.write_bytes(bad.read_bytes()[:40])
+    cfg = tiny_config(dataset="folder", categories=["part_a"], data={"folder": {"path": str(tmp_path / "src")}})
+    raw = acquire(cfg, tmp_path / "raw")
+    with pytest.raises(DataError, match=f"^{bad}: (cannot decode|not a readable) image"):
+        prepare_category(raw / "part_a", tmp_path / "prep", image_size=32)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import resource
 import sys
@@ -15,6 +14,7 @@ import numpy as np
 import torch
 
 from uad.config import ConfigError
+from uad.resources import available_ram
 
 
 def resolve_device(name: str) -> torch.device:
@@ -107,19 +107,7 @@ def memory_budget(device: torch.device) -> int:
         fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda _d: 1.0)(index)
         allowed = total * fraction - torch.cuda.memory_reserved(device)
         return int(max(0.0, min(free, allowed)) // 2)
-    return _available_ram() // 2
-
-
-def _available_ram() -> int:
-    """MemAvailable (free plus reclaimable page cache) where Linux reports it, else free pages."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return available_ram() // 2
 
 
 @dataclass

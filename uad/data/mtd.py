@@ -4,7 +4,8 @@ The public archive holds `MT_<Type>/Imgs/<stem>.jpg` photos, each with a
 `<stem>.png` mask. Converted to one category, `magnetic_tile`: the defect-free
 `MT_Free` images in sorted file-name order go to test when their index i has
 i % 5 == 0 and to train otherwise (761 train, 191 test of the official 952);
-every defective image goes to test/<type>/, its mask binarised at >= 128.
+every defective image goes to test/<type>/, its mask binarised as `read_mask` does
+(MTD's grey anti-aliased edges at >= 128).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from uad.data.layout import LayoutError
-from uad.data.prepared import MASK_THRESHOLD, DataError
+from uad.data.prepared import read_mask
 
 CATEGORY = "magnetic_tile"
 DEFECTS = {"MT_Blowhole": "blowhole", "MT_Break": "break", "MT_Crack": "crack", "MT_Fray": "fray",
@@ -43,11 +44,7 @@ def _images(folder: Path) -> list[Path]:
 
 
 def _binary_mask(src: Path, dest: Path) -> None:
-    try:
-        with Image.open(src) as im:
-            mask = np.asarray(im.convert("L")) >= MASK_THRESHOLD
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{src}: cannot decode mask ({exc})") from None
+    mask = read_mask(src)
     dest.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(mask.astype(np.uint8) * 255).save(dest)
 
