@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,13 @@ from uad.data.prepared import prepare_category
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 TINY = dict(image_size=64, n_train=8, n_test_good=4, n_test_defect=8, seed=7)
+
+
+def committed_params() -> str:
+    """params.yaml as git's index holds it: what a fresh clone has (plus staged edits), never what
+    `dvc exp run -S ...` or a preset did to the working copy."""
+    proc = subprocess.run(["git", "show", ":params.yaml"], cwd=REPO, capture_output=True, text=True)
+    return proc.stdout if proc.returncode == 0 else (REPO / "params.yaml").read_text()
 
 
 def tiny_config(**overrides) -> Config:

@@ -6,7 +6,7 @@ import yaml
 from uad.config import ConfigError, config_from_dict, load_config, merge
 from uad.zoo import BACKBONES, default_layers
 
-from .conftest import REPO
+from .conftest import REPO, committed_params
 
 
 def error(params) -> str:
@@ -15,15 +15,16 @@ def error(params) -> str:
     return str(info.value)
 
 
-def test_committed_params_load_and_validate():
-    cfg = load_config(REPO / "params.yaml")
+def test_committed_params_load_and_validate(tmp_path):
+    (tmp_path / "params.yaml").write_text(committed_params())
+    cfg = load_config(tmp_path / "params.yaml")
     assert cfg.dataset == "demo"
     assert cfg.layers() == default_layers(cfg.method().backbone, cfg.model)
 
 
 @pytest.mark.parametrize("preset", sorted((REPO / "presets").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_preset_loads_merged_into_params(preset):
-    merged = merge(yaml.safe_load((REPO / "params.yaml").read_text()), yaml.safe_load(preset.read_text()))
+    merged = merge(yaml.safe_load(committed_params()), yaml.safe_load(preset.read_text()))
     cfg = config_from_dict(merged)
     assert cfg.image_size >= 64
 
@@ -67,6 +68,12 @@ def test_unknown_backbone_lists_supported_ones():
     ({"dfr": {"weights": "/nonexistent/w.pth"}}, "dfr.weights: file '/nonexistent/w.pth' does not exist"),
     ({"dfr": {"layers": []}}, "dfr.layers: the list is empty"),
     ({"image_size": 100}, "image_size: 100 must be a multiple of 8"),
+    ({"image_size": 100_000}, "image_size: 100000 must be a multiple of 8 from 32 to 4096"),
+    ({"seed": -1}, "seed: -1 must be in 0..2^63-1"),
+    ({"seed": 2**63}, "seed: 9223372036854775808 must be in 0..2^63-1"),
+    ({"image_size": 32, "dfr": {"kernel": 32, "stride": 32}}, "dfr.kernel, dfr.stride: 32 and 32 leave a 1x1 grid"),
+    ({"data": {"demo": {"image_size": 10**6}}}, "data.demo.image_size: 1000000 must be from 32 to 4096"),
+    ({"data": {"demo": {"n_train": 10**9}}}, "the demo generator makes at most 100000"),
     ({"categories": []}, "categories: the list is empty"),
     ({"categories": ["a", "a"]}, "duplicate"),
     ({"categories": ["../etc"]}, "not a valid category name"),

@@ -6,8 +6,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ import yaml
 
 from uad.config import merge
 
-from .conftest import REPO, SHARED
+from .conftest import REPO, SHARED, committed_params
 
 pytestmark = pytest.mark.e2e
 
@@ -37,6 +39,7 @@ def copy_repo(dest: Path) -> Path:
         if src.is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
+    (dest / "params.yaml").write_text(committed_params())  # not what experiments did to the workspace
     for cmd in (["init", "-q"], ["config", "user.name", "e2e"], ["config", "user.email", "e2e@test"],
                 ["add", "-A"], ["commit", "-qm", "clone"]):
         subprocess.run(["git", *cmd], cwd=dest, check=True)
@@ -48,10 +51,16 @@ def set_params(repo: Path, overrides: dict) -> None:
     path.write_text(yaml.safe_dump(merge(yaml.safe_load(path.read_text()), overrides), sort_keys=False))
 
 
-def dvc(repo: Path, *args: str) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, f"dvc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+def _env() -> dict[str, str]:
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def dvc(repo: Path, *args: str, ok: bool = True) -> str:
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=_env(), capture_output=True, text=True)
+    if ok:
+        assert proc.returncode == 0, f"dvc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    else:
+        assert proc.returncode != 0, f"dvc {' '.join(args)} should have failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout + proc.stderr
 
 
@@ -68,7 +77,7 @@ def repo(tmp_path_factory) -> Path:
 
 def test_repro_produces_metrics_curves_gifs_and_report(repo):
     out = dvc(repo, "repro")
-    assert ran(out) == {"download", "prepare@weave", "prepare@washer", "train@weave", "train@washer",
+    assert ran(out) == {"validate", "download", "prepare@weave", "prepare@washer", "train@weave", "train@washer",
                         "evaluate@weave", "evaluate@washer", "render@weave", "render@washer", "report"}
     for cat in ("weave", "washer"):
         metrics = json.loads((repo / "metrics" / "cfa" / f"{cat}.json").read_text())
@@ -104,6 +113,90 @@ def test_second_repro_runs_nothing(repo):
 
 def test_other_methods_params_do_not_invalidate_cached_work(repo):
     set_params(repo, {"dfr": {"epochs": 4, "lr": 0.01}})
+    assert ran(dvc(repo, "repro")) == {"validate"}  # it checks every parameter, and nothing else reruns
+
+
+def _snapshot(repo: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(repo)): p.read_bytes() for d in ("models", "metrics", "data/scores")
+            for p in sorted((repo / d).rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"model": "knn"}, "error: params.yaml: model: 'knn' is not valid; choose one of ['cfa', 'dfr']"),
+    ({"image_szie": 256}, "error: params.yaml: unknown parameter image_szie; valid keys here:"),
+])
+def test_bad_params_fail_first_and_remove_nothing(repo, change, message):
+    before, params = _snapshot(repo), (repo / "params.yaml").read_text()
+    set_params(repo, change)
+    try:
+        out = dvc(repo, "repro", ok=False)
+    finally:
+        (repo / "params.yaml").write_text(params)
+    assert message in out and "Traceback" not in out
+    assert ran(out) == {"validate"}
+    assert _snapshot(repo) == before
+
+
+def _children(pid: int) -> set[int]:
+    found, todo = set(), [pid]
+    while todo:
+        parent = todo.pop()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == parent:
+                child = int(stat.parent.name)
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death handling is Linux's")
+def test_killing_dvc_repro_kills_the_stage_and_the_next_run_cleans_up(repo):
+    params = (repo / "params.yaml").read_text()
+    set_params(repo, {"cfa": {"epochs": 400}})  # a training long enough to be killed halfway
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=repo, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, stage = time.time() + 120, None
+        while stage is None and time.time() < deadline:
+            stage = next((p for p in _children(proc.pid) if "stages/train.py" in _cmdline(p)), None)
+            time.sleep(0.2)
+        assert stage is not None, "the train stage never started"
+        deadline = time.time() + 60
+        while not list((repo / "models").glob(".weave.partial.*")) and time.time() < deadline:
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.time() + 10
+        while Path(f"/proc/{stage}").exists() and "stages/train.py" in _cmdline(stage) and time.time() < deadline:
+            time.sleep(0.1)
+        assert "stages/train.py" not in _cmdline(stage), "the stage outlived dvc"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        (repo / "params.yaml").write_text(params)
+    assert list((repo / "models").glob(".weave.partial.*")), "the killed stage left its staging folder"
+    assert not (repo / "models" / "weave").exists(), "DVC removed the output before the stage ran"
+    # the scenario that went wrong: a rerun with other params must evaluate its own model
+    set_params(repo, {"cfa": {"epochs": 3}})
+    try:
+        out = dvc(repo, "repro")
+    finally:
+        (repo / "params.yaml").write_text(params)
+    assert {"train@weave", "evaluate@weave"} <= ran(out)
+    assert json.loads((repo / "models" / "weave" / "model.json").read_text())["epochs"] == 3
+    assert not list(repo.glob("*/.*.partial.*")), "the next run removes what the killed one left"
+    dvc(repo, "repro")  # back to the module's params, from the run-cache
     assert ran(dvc(repo, "repro")) == set()
 
 
@@ -111,8 +204,8 @@ def test_exp_run_switches_method_and_back_from_the_cache(repo):
     subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
     subprocess.run(["git", "commit", "-qm", "baseline"], cwd=repo, check=True)
     out = dvc(repo, "exp", "run", "-n", "with-dfr", "-S", "model=dfr")
-    assert ran(out) == {"train@weave", "train@washer", "evaluate@weave", "evaluate@washer", "render@weave",
-                        "render@washer", "report"}
+    assert ran(out) == {"validate", "train@weave", "train@washer", "evaluate@weave", "evaluate@washer",
+                        "render@weave", "render@washer", "report"}
     assert json.loads((repo / "metrics" / "dfr" / "weave.json").read_text())["pixel_auroc"] > 0
     assert "# Results: DFR" in (repo / "reports" / "results.md").read_text()
     out = dvc(repo, "exp", "run", "-n", "back-to-cfa", "-S", "model=cfa")
@@ -147,7 +240,8 @@ def test_adding_a_category_runs_only_its_stages_and_the_report(repo):
     out = dvc(repo, "repro")
     # download regenerates the dataset deterministically; the other categories' data is
     # byte-identical, so none of their prepare/train/evaluate/render stages rerun
-    assert ran(out) == {"download", "prepare@grain", "train@grain", "evaluate@grain", "render@grain", "report"}
+    assert ran(out) == {"validate", "download", "prepare@grain", "train@grain", "evaluate@grain", "render@grain",
+                        "report"}
     assert (repo / "metrics" / "cfa" / "grain.json").exists()
     assert "| Metric | weave | washer | grain | Avg |" in (repo / "reports" / "results.md").read_text()
 

@@ -17,6 +17,8 @@ import torch
 from torch import nn
 
 from uad import zoo
+from uad.config import ConfigError
+from uad.errors import shorten
 from uad.weights import fingerprint, load_weights
 
 
@@ -40,17 +42,20 @@ def _trunk_steps(module: nn.Module, layers: Sequence[str], prefix: str = "") -> 
 class FeatureExtractor(nn.Module):
     """Frozen backbone; `forward(images in [0, 1])` returns one map per requested layer."""
 
-    def __init__(self, backbone: str, layers: Sequence[str], *, weights: str = "", pretrained: bool = True):
+    def __init__(self, backbone: str, layers: Sequence[str], *, weights: str = "", pretrained: bool = True,
+                 param: str = "layers"):
+        """`param` names the parameter the layers came from, for the error about an unknown one."""
         super().__init__()
         if backbone not in zoo.BACKBONES:
-            raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(zoo.BACKBONES)}")
+            raise ConfigError(f"unknown backbone {backbone!r}; choose one of {sorted(zoo.BACKBONES)}")
         info = zoo.BACKBONES[backbone]
         model = timm.create_model(info.arch, pretrained=False)
         names = dict(model.named_modules())
         unknown = [lay for lay in layers if lay not in names]
         if unknown:
             top = [n for n, _ in model.named_children()]
-            raise ValueError(f"{backbone} has no layer {unknown[0]!r}; layers are module paths such as {top}")
+            raise ConfigError(f"{param}: {backbone} has no layer {shorten(unknown[0])}; layers are module paths "
+                              f"such as {top}")
         steps = _trunk_steps(model, layers)
         last = max(i for i, (path, _) in enumerate(steps) if any(_contains(path, lay) for lay in layers))
         steps = steps[: last + 1]

@@ -273,6 +273,9 @@ MODELS: tuple[str, ...] = typing.get_args(typing.get_type_hints(Config)["model"]
 DATASETS: tuple[str, ...] = typing.get_args(typing.get_type_hints(Config)["dataset"])
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+MAX_IMAGE_SIZE = 4096  # square input side; beyond it one image's features alone exceed a GPU
+MAX_SEED = 2**63 - 1
+MAX_DEMO_IMAGES = 100_000
 _CATEGORY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -287,8 +290,10 @@ def _check(cfg: Config) -> None:
             raise ConfigError(f"categories: {cat!r} is not a valid category name (letters, digits, _ . -)")
     if len(set(cfg.categories)) != len(cfg.categories):
         raise ConfigError(f"categories: duplicate names in {cfg.categories}")
-    if cfg.image_size < 32 or cfg.image_size % 8:
-        raise ConfigError(f"image_size: {cfg.image_size} must be a multiple of 8 and at least 32")
+    if not 32 <= cfg.image_size <= MAX_IMAGE_SIZE or cfg.image_size % 8:
+        raise ConfigError(f"image_size: {cfg.image_size} must be a multiple of 8 from 32 to {MAX_IMAGE_SIZE}")
+    if not 0 <= cfg.seed <= MAX_SEED:
+        raise ConfigError(f"seed: {cfg.seed} must be in 0..2^63-1 (torch's seed range)")
     for name in MODELS:
         section: BackboneConfig = getattr(cfg, name)
         if section.backbone not in zoo.BACKBONES:
@@ -312,6 +317,11 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"dfr.stride: {d.stride} must not exceed dfr.kernel ({d.kernel})")
     if cfg.image_size % d.stride:
         raise ConfigError(f"dfr.stride: image_size {cfg.image_size} must be divisible by the stride {d.stride}")
+    pad = (d.kernel - d.stride) // 2
+    grid = (cfg.image_size + 2 * pad - d.kernel) // d.stride + 1
+    if grid < 2:
+        raise ConfigError(f"dfr.kernel, dfr.stride: {d.kernel} and {d.stride} leave a {max(grid, 0)}x{max(grid, 0)} "
+                          f"grid of regions at image_size {cfg.image_size}; the anomaly map needs at least 2x2")
     c = cfg.cfa
     _positive(c, "cfa", ("gamma_d", "gamma_c", "k", "epochs", "batch_size", "kmeans_iters"))
     _positive(c, "cfa", ("j",), allow_zero=True)
@@ -330,8 +340,11 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"gate.tolerance: {cfg.gate.tolerance} must be in [0, 1)")
     demo = cfg.data.demo
     _positive(demo, "data.demo", ("n_train", "n_test_good", "n_test_defect"))
-    if demo.image_size < 32:
-        raise ConfigError(f"data.demo.image_size: {demo.image_size} must be at least 32")
+    if not 32 <= demo.image_size <= MAX_IMAGE_SIZE:
+        raise ConfigError(f"data.demo.image_size: {demo.image_size} must be from 32 to {MAX_IMAGE_SIZE}")
+    if demo.n_train + demo.n_test_good + demo.n_test_defect > MAX_DEMO_IMAGES:
+        raise ConfigError(f"data.demo: {demo.n_train + demo.n_test_good + demo.n_test_defect} images per category; "
+                          f"the demo generator makes at most {MAX_DEMO_IMAGES}")
     if cfg.prepare.workers < 0:
         raise ConfigError(f"prepare.workers: {cfg.prepare.workers} must be >= 0 (0 = all cores)")
     for name in ("mvtec_ad", "mtd"):

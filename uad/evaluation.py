@@ -10,8 +10,9 @@ import torch
 from uad import methods, metrics
 from uad.config import Config
 from uad.data.prepared import load_split
-from uad.artifacts import CURVES_FILE, IMAGE_SCORES_FILE, MAPS_FILE, read_model_info, write_json
+from uad.artifacts import CURVES_FILE, IMAGE_SCORES_FILE, MAPS_FILE, read_model_info, staged_dir, write_json
 from uad.runtime import configure_precision, describe_device, measure, resolve_device, seed_everything
+
 
 def evaluate_category(cfg: Config, category: str, *, prepared: str | Path, model_dir: str | Path,
                       scores_dir: str | Path, metrics_path: str | Path, perf_path: str | Path) -> dict[str, float]:
@@ -34,9 +35,13 @@ def evaluate_category(cfg: Config, category: str, *, prepared: str | Path, model
     threshold = float(model.threshold)
     result = metrics.evaluate(scores.image, labels, scores.maps, masks, threshold, cfg.evaluate.aupro_fpr_limit)
     result = {k: round(v, 6) for k, v in result.items()}
-    write_json(metrics_path, result)
-
     info = read_model_info(model_dir)
+    # the scores first, the metrics last: each appears whole (staged), and metrics never without their maps
+    with staged_dir(Path(scores_dir)) as staged:
+        write_json(staged / CURVES_FILE,
+                   metrics.curves(scores.image, labels, scores.maps, masks, cfg.evaluate.curve_points))
+        np.save(staged / MAPS_FILE, scores.maps.cpu().numpy().astype(np.float32))
+        np.save(staged / IMAGE_SCORES_FILE, scores.image.cpu().numpy().astype(np.float32))
     write_json(perf_path, {
         "fit_seconds": info["fit_seconds"],
         "fit_peak_memory_mb": info["fit_peak_memory_mb"],
@@ -44,10 +49,5 @@ def evaluate_category(cfg: Config, category: str, *, prepared: str | Path, model
         "score_peak_memory_mb": round(timing.peak_memory_mb, 1),
         "device": describe_device(device),
     })
-    scores_dir = Path(scores_dir)
-    write_json(scores_dir / CURVES_FILE,
-               metrics.curves(scores.image, labels, scores.maps, masks, cfg.evaluate.curve_points))
-    scores_dir.mkdir(parents=True, exist_ok=True)
-    np.save(scores_dir / MAPS_FILE, scores.maps.cpu().numpy().astype(np.float32))
-    np.save(scores_dir / IMAGE_SCORES_FILE, scores.image.cpu().numpy().astype(np.float32))
+    write_json(metrics_path, result)
     return result

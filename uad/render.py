@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from uad.artifacts import IMAGE_SCORES_FILE, MAPS_FILE, read_model_info
+from uad.artifacts import IMAGE_SCORES_FILE, MAPS_FILE, ArtifactError, atomic_path, read_model_info
 from uad.data.prepared import load_split
 
 # Anchor colours of a jet-like map, from low to high score.
@@ -74,10 +74,9 @@ def render_gif(path: str | Path, images: np.ndarray, masks: np.ndarray, maps: np
         caption = f"{names[i]}  score {image_scores[i]:.3g}  {verdict}"
         frames.append(frame(np.asarray(images[i]), np.asarray(masks[i]), np.asarray(maps[i], np.float32),
                             normal_median=normal_median, threshold=threshold, caption=caption))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     first, *rest = [_palette(f) for f in frames]
-    first.save(path, save_all=True, append_images=rest, duration=frame_ms, loop=0)
+    with atomic_path(path) as tmp:
+        first.save(tmp, format="GIF", save_all=True, append_images=rest, duration=frame_ms, loop=0)
     return len(frames)
 
 
@@ -95,11 +94,14 @@ def render_category(category: str, *, prepared: str | Path, scores_dir: str | Pa
     """The render stage's work: the GIF of one category from its saved scores."""
     info = read_model_info(model_dir)
     test = load_split(prepared, "test")
-    maps = np.load(Path(scores_dir) / MAPS_FILE, mmap_mode="r")
-    image_scores = np.load(Path(scores_dir) / IMAGE_SCORES_FILE)
-    if len(maps) != len(test):
-        raise ValueError(f"{scores_dir}: {len(maps)} score maps for {len(test)} test images of {category}; "
-                         f"rerun evaluate")
+    try:
+        maps = np.load(Path(scores_dir) / MAPS_FILE, mmap_mode="r")
+        image_scores = np.load(Path(scores_dir) / IMAGE_SCORES_FILE)
+    except (OSError, ValueError, EOFError) as exc:
+        raise ArtifactError(f"{scores_dir}: scores missing or damaged ({exc}); rerun the evaluate stage") from None
+    if len(maps) != len(test) or len(image_scores) != len(test):
+        raise ArtifactError(f"{scores_dir}: {len(maps)} score maps for {len(test)} test images of {category}; "
+                            f"rerun evaluate")
     return render_gif(out, test.images, test.masks, maps, test.names, image_scores,
                       normal_median=info["normal_quantiles"]["0.5"], threshold=info["threshold"],
                       frame_ms=frame_ms, max_frames=max_frames)

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from uad import methods
-from uad.artifacts import LOSS_FILE, write_json
+from uad.artifacts import LOSS_FILE, staged_dir, write_json
 from uad.config import Config
 from uad.data.prepared import load_split
 from uad.errors import UadError
@@ -42,6 +42,8 @@ def train_category(cfg: Config, prepared: str | Path, out: str | Path, live_dir:
 
     Every epoch's losses are logged with DVCLive to `live_dir/metrics.json` (shown
     by `dvc exp show`) and saved as records in `out/loss.json` (drawn by `report`).
+    Both folders are built in staging folders and replace `out` and `live_dir` only
+    when everything is written: a killed or failed run leaves the previous ones.
     """
     device = resolve_device(cfg.device)
     configure_precision(cfg.precision, device)
@@ -49,17 +51,21 @@ def train_category(cfg: Config, prepared: str | Path, out: str | Path, live_dir:
     train = load_split(prepared, "train")
     model = methods.create(cfg).to(device)
     history: list[dict[str, float]] = []
-    with dvclive_logger(live_dir) as live_log:
-        def log(epoch: int, values: dict[str, float]) -> None:
-            if live_log:
-                live_log(epoch, values)
-            history.append({"step": epoch, **{k: round(v, 6) for k, v in values.items()}})
+    out = Path(out)
+    with contextlib.ExitStack() as stack:
+        staged_live = stack.enter_context(staged_dir(Path(live_dir))) if live_dir is not None else None
+        staged_out = stack.enter_context(staged_dir(out))
+        with dvclive_logger(staged_live) as live_log:
+            def log(epoch: int, values: dict[str, float]) -> None:
+                if live_log:
+                    live_log(epoch, values)
+                history.append({"step": epoch, **{k: round(v, 6) for k, v in values.items()}})
 
-        with measure(device) as fit_time:
-            fit = model.fit(train.images, generator, log)
-    model.calibrate(train.images, cfg.evaluate.target_fpr, cfg.evaluate.batch_size)
-    model.save(out, fit, {"fit_seconds": round(fit_time.seconds, 3),
-                          "fit_peak_memory_mb": round(fit_time.peak_memory_mb, 1),
-                          "n_train": len(train), "device": describe_device(device)})
-    write_json(Path(out) / LOSS_FILE, history)
-    return Path(out)
+            with measure(device) as fit_time:
+                fit = model.fit(train.images, generator, log)
+        model.calibrate(train.images, cfg.evaluate.target_fpr, cfg.evaluate.batch_size)
+        model.save(staged_out, fit, {"fit_seconds": round(fit_time.seconds, 3),
+                                     "fit_peak_memory_mb": round(fit_time.peak_memory_mb, 1),
+                                     "n_train": len(train), "device": describe_device(device)})
+        write_json(staged_out / LOSS_FILE, history)
+    return out

@@ -9,6 +9,7 @@ threshold on normal images, and the on-disk format of a trained model.
 
 from __future__ import annotations
 
+import io
 import math
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -161,7 +162,7 @@ class AnomalyMethod(nn.Module, ABC):
         self.image_size = cfg.image_size
         self.precision = cfg.precision
         self.extractor = FeatureExtractor(section.backbone, cfg.layers(self.name), weights=section.weights,
-                                          pretrained=section.pretrained)
+                                          pretrained=section.pretrained, param=f"{self.name}.layers")
         # Deployable threshold and normal-score statistics, set by `calibrate`.
         self.register_buffer("threshold", torch.tensor(float("nan")))
         self.register_buffer("normal_quantiles", torch.full((len(NORMAL_QUANTILES),), float("nan")))
@@ -214,9 +215,11 @@ class AnomalyMethod(nn.Module, ABC):
     def save(self, folder: str | Path, fit: FitInfo, timing: dict[str, float]) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()  # serialised in memory, so a full disk is an OSError of the write below
         torch.save({"method": self.name, "hyper": self.hyper(), "config": to_dict(self.cfg),
                     "weights_fingerprint": self.extractor.weights_fingerprint,
-                    "state": {k: v.cpu() for k, v in self.head_state().items()}}, folder / MODEL_FILE)
+                    "state": {k: v.cpu() for k, v in self.head_state().items()}}, buffer)
+        (folder / MODEL_FILE).write_bytes(buffer.getvalue())
         info = {
             "method": self.name,
             "backbone": self.section.backbone,

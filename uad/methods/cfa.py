@@ -26,7 +26,7 @@ from einops import rearrange
 from torch import nn
 from tqdm import tqdm
 
-from uad.config import CFAConfig, Config
+from uad.config import CFAConfig, Config, ConfigError
 from uad.methods.base import AnomalyMethod, EpochLog, FitInfo, TrainingFeatures, TrainingSteps
 from uad.runtime import autocast, backend_flag, round_up, storage_dtype
 
@@ -228,9 +228,16 @@ class CFA(AnomalyMethod):
         c = self.section
         self.grid = cfg.image_size // self.extractor.strides[0]
         channels = sum(self.extractor.channels)
-        self.descriptor = CoordConvDescriptor(channels, max(1, channels // c.gamma_d))
+        if channels // c.gamma_d < 1:
+            raise ConfigError(f"cfa.gamma_d: {c.gamma_d} leaves no descriptor channel (the layers give {channels}); "
+                              f"use at most {channels}")
+        self.descriptor = CoordConvDescriptor(channels, channels // c.gamma_d)
         self.radius = nn.Parameter(torch.tensor(c.radius))
-        size = memory_size or max(1, self.grid * self.grid // c.gamma_c)
+        size = memory_size or self.grid * self.grid // c.gamma_c
+        if size < c.k + c.j:
+            raise ConfigError(f"cfa.k + cfa.j = {c.k + c.j} nearest items are asked for, but the memory bank holds "
+                              f"{size} ({self.grid}x{self.grid} patches / cfa.gamma_c {c.gamma_c}); lower cfa.k, "
+                              f"cfa.j or cfa.gamma_c, or raise image_size")
         self.register_buffer("memory", torch.zeros(size, channels // c.gamma_d))
         self._shapes: list[tuple[int, int, int]] = []  # (h, w, C) of each pooled map, set by pooled_maps
         # fp32 scoring on a GPU: the distances on tensor cores at fp32's accuracy (`matmul_3xtf32`; tf32
