@@ -1,17 +1,23 @@
-"""End-to-end `dvc repro` wall time on an MVTec-sized workload, both methods at the papers' settings.
+"""End-to-end `dvc repro` wall time on MVTec-sized synthetic categories, each method at its paper settings.
 
-    python benchmarks/e2e.py --out e2e.json                          # on the GPU machine
-    python benchmarks/e2e.py --categories toothbrush --scale 0.1 --epochs-scale 0.02 --out e.json  # smoke
+Generates the categories (all 15 by default: MVTec AD's image counts and sizes, see
+benchmarks/synthetic.py), copies the pipeline into a fresh git repository, and per method
+writes its params.yaml (paper preset, `dataset: folder` pointing at the generated data, random
+backbone weights: speed does not depend on them) and runs `dvc repro`: every stage a separate
+process, as DVC runs them. Every stage's start is time-stamped from DVC's output, so the report
+has each stage's wall time and start offset (for comparing sequential and concurrent runs); the
+stages' own fit and scoring timings come from the perf metrics they write. With bytecode caches
+on, the stages' imports run once first (as `pip install` would have compiled them).
 
-Generates the 15 categories with MVTec AD's image counts and sizes (see speed.py,
-~5,400 PNGs up to 1024x1024), copies the project into a fresh git repository,
-points it at them (`dataset: folder`) and, per method, applies the paper preset
-and runs `dvc repro`: download (copy), prepare (decode + resize), train,
-evaluate, render and report, each a separate process as DVC runs them. Every
-line DVC prints is time-stamped, so the JSON has each stage's wall time; the
-stage processes' own timings (fit, scoring) come from the metrics they write.
-Backbones use random weights: speed does not depend on them. With bytecode caches on,
-the stages' imports run once first (as `pip install` would have compiled them).
+GPU:
+
+    python3 -m benchmarks.e2e --methods dfr --set precision=bf16
+    python3 -m benchmarks.e2e --methods cfa --set precision=bf16
+
+CPU smoke:
+
+    .venv/bin/python -m benchmarks.e2e --categories toothbrush --scale 0.05 --epochs-scale 0.01 \\
+        --set image_size=64 --out /tmp/uad-e2e/e2e.json
 """
 
 from __future__ import annotations
@@ -20,32 +26,35 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-import yaml
+from benchmarks import harness, synthetic
+from uad import methods
+from uad.metrics import fit_path, perf_path
+from uad.preset import render
+from uad.runtime import resolve_device
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from common import git_commit  # noqa: E402
-from speed import MVTEC, generate  # noqa: E402
-
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "uad", "presets", ".dvc/config", ".dvc/plots", ".gitignore")
+TOOL = "e2e"
+PROJECT_FILES = ("dvc.yaml", "stages", "uad", "presets", ".dvc/config", ".dvc/plots", ".gitignore")
 STAGE_LINE = re.compile(r"^Running stage '([^']+)'")
+STAGE_MODULES = "uad.cli, uad.data.prepared, uad.training, uad.evaluation, uad.report, uad.render, dvc.cli, dvclive"
 
 
 def make_project(dest: Path) -> None:
     """A fresh git repository holding the pipeline (DVCLive needs a commit to attach experiments to)."""
     for name in PROJECT_FILES:
-        src, dst = REPO / name, dest / name
+        src, dst = harness.REPO / name, dest / name
         dst.parent.mkdir(parents=True, exist_ok=True)
         if src.is_dir():
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
+        elif src.exists():
             shutil.copy2(src, dst)
     git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
@@ -53,100 +62,113 @@ def make_project(dest: Path) -> None:
     subprocess.run([*git, "commit", "-qm", "pipeline"], cwd=dest, check=True)
 
 
-STAGE_MODULES = "uad.cli, uad.data.prepared, uad.training, uad.evaluation, uad.report, uad.render, dvc.cli, dvclive"
-
-
 def warm_caches() -> float:
-    """Import what the stages import once, untimed as pipeline work, so that the bytecode caches
-    exist as after a normal `pip install` (which compiles them); returns its seconds."""
+    """Import what the stages import once, untimed as pipeline work, so that the bytecode caches exist
+    as after a normal `pip install` (which compiles them); returns its seconds."""
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-c", f"import {STAGE_MODULES}"], check=True, cwd=REPO)
+    subprocess.run([sys.executable, "-c", f"import {STAGE_MODULES}"], check=True, cwd=harness.REPO)
     return round(time.perf_counter() - t, 2)
 
 
-def repro(project: Path, env: dict[str, str]) -> dict:
-    """Run `dvc repro`, time-stamping its output; returns total and per-stage wall seconds."""
+def repro(project: Path, env: dict[str, str]) -> dict[str, Any]:
+    """Run `dvc repro`, time-stamping its output; returns total and per-stage wall seconds and starts."""
     start = time.perf_counter()
+    starts: dict[str, float] = {}
     stages: dict[str, float] = {}
-    current, since = None, start
+    current = None
     proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=project, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert proc.stdout is not None
+    tail: list[str] = []
     for line in proc.stdout:
-        now = time.perf_counter()
+        now = time.perf_counter() - start
+        tail = [*tail[-40:], line.rstrip()]
         match = STAGE_LINE.match(line)
         if match:
             if current:
-                stages[current] = round(now - since, 2)
-            current, since = match.group(1), now
-            print(f"[{now - start:7.1f}s] {line.rstrip()}", flush=True)
-        elif "Error" in line or "error" in line:
-            print(line.rstrip(), flush=True)
+                stages[current] = round(now - starts[current], 2)
+            current = match.group(1)
+            starts[current] = round(now, 2)
+            print(f"[{now:7.1f}s] {line.rstrip()}", flush=True)
     code = proc.wait()
-    end = time.perf_counter()
+    end = time.perf_counter() - start
     if current:
-        stages[current] = round(end - since, 2)
+        stages[current] = round(end - starts[current], 2)
     if code:
+        print("\n".join(tail), file=sys.stderr)
         raise SystemExit(f"dvc repro failed with exit code {code}")
     by_kind: dict[str, float] = {}
     for name, seconds in stages.items():
         kind = name.split("@")[0]
         by_kind[kind] = round(by_kind.get(kind, 0.0) + seconds, 2)
-    return {"wall_s": round(end - start, 2), "stages": len(stages), "by_stage_kind_s": by_kind,
-            "per_stage_s": stages}
+    return {"wall_s": round(end, 2), "stages": len(stages), "by_stage_kind_s": by_kind, "per_stage_s": stages,
+            "stage_start_s": starts}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--categories", nargs="+", default=sorted(MVTEC), choices=sorted(MVTEC))
+def main(argv: Sequence[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.e2e", description=__doc__.splitlines()[0])
+    ap.add_argument("--categories", nargs="+", default=sorted(synthetic.MVTEC), choices=sorted(synthetic.MVTEC))
     ap.add_argument("--scale", type=float, default=1.0, help="fraction of MVTec's image counts")
     ap.add_argument("--epochs-scale", type=float, default=1.0, help="fraction of the papers' epochs (smoke)")
-    ap.add_argument("--methods", nargs="+", default=["cfa", "dfr"])
+    ap.add_argument("--methods", nargs="+", default=list(methods.names()), choices=methods.names())
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra params for every run")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/uad-e2e"))
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/e2e_<methods>_...")
+    ap.add_argument("--tag", default=None, help="last field of the default result name")
     ap.add_argument("--commit", default=None, help="commit id to record (default: git rev-parse)")
-    args = ap.parse_args()
-    if args.workdir.exists():
-        shutil.rmtree(args.workdir)
-    raw, project = args.workdir / "raw", args.workdir / "project"
-    report: dict = {"commit": args.commit or git_commit(), "date": time.strftime("%Y-%m-%d"), "categories": args.categories,
-                    "scale": args.scale, "epochs_scale": args.epochs_scale,
-                    "weights": "random (speed does not depend on them)",
-                    # every stage is a fresh interpreter: without bytecode caches each one compiles
-                    # torch, timm and torchmetrics from source (the GPU image sets PYTHONDONTWRITEBYTECODE=1)
-                    "bytecode_caches": not sys.flags.dont_write_bytecode,
-                    "pycache_prefix": os.environ.get("PYTHONPYCACHEPREFIX")}
+    args = ap.parse_args(argv)
+    work = args.workdir.resolve()
+    if work.exists():
+        shutil.rmtree(work)
+    raw, project = work / "raw", work / "project"
+
+    def params_of(method: str) -> tuple[dict[str, Any], str]:
+        """The method's params.yaml contents and the `python -m uad.preset` arguments that build them."""
+        sets = [f"model={method}", "dataset=folder", f"data.folder.path={raw}",
+                f"categories=[{', '.join(args.categories)}]", f"{method}.pretrained=false", *args.set]
+        params = harness.build_params(harness.paper_presets(method), sets)
+        scaled = harness.scale_epochs(params, args.epochs_scale, [method])
+        if scaled != params:
+            sets.append(f"{method}.epochs={scaled[method]['epochs']}")
+        command = shlex.join([*harness.paper_presets(method), *(x for s in sets for x in ("--set", s))])
+        return scaled, command
+
+    first = harness.config(params_of(args.methods[0])[0])
+    device = resolve_device(first.device)
+    out = args.out or harness.result_path(TOOL, args.methods, synthetic.dataset_name(args.categories),
+                                          first.precision, device, args.tag)
+    report: dict[str, Any] = {
+        **harness.header(TOOL, __doc__.splitlines()[0], device, commit=args.commit, packages=("dvc", "dvclive")),
+        "categories": args.categories, "scale": args.scale, "epochs_scale": args.epochs_scale, "sets": args.set,
+        "weights": "random (speed does not depend on them)",
+        # every stage is a fresh interpreter: without bytecode caches each one compiles torch, timm and
+        # torchmetrics from source (some GPU images set PYTHONDONTWRITEBYTECODE=1)
+        "bytecode_caches": not sys.flags.dont_write_bytecode, "pycache_prefix": os.environ.get("PYTHONPYCACHEPREFIX")}
     if not sys.flags.dont_write_bytecode:
         report["warm_caches_s"] = warm_caches()
-    report["generate_s"] = generate(raw, args.categories, args.scale)["all"]
+    report["generate_s"] = synthetic.generate(raw, args.categories, args.scale)
     report["images"] = sum(1 for p in raw.rglob("*.png") if "ground_truth" not in p.parts)
-    print(json.dumps({"generated": report["images"], "seconds": report["generate_s"]}), flush=True)
+    print(f"generated {report['images']} images in {report['generate_s']} s", flush=True)
     make_project(project)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(project), os.environ.get("PYTHONPATH", "")]),
            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),  # stages run `python`
            "TQDM_DISABLE": "1"}
     report["runs"] = {}
     for method in args.methods:
-        paper = yaml.safe_load((project / "presets" / f"{method}_paper.yaml").read_text())
-        epochs = max(1, round(paper[method]["epochs"] * args.epochs_scale))  # scaled for smoke runs
-        sets = ["dataset=folder", f"data.folder.path={raw}", f"categories=[{', '.join(args.categories)}]",
-                f"{method}.pretrained=false", f"{method}.epochs={epochs}", *args.set]
-        subprocess.run([sys.executable, "-m", "uad.preset", f"presets/{method}_paper.yaml",
-                        *[a for s in sets for a in ("--set", s)]], cwd=project, env=env, check=True)
+        params, command = params_of(method)
+        (project / "params.yaml").write_text(render(params, command))
         run = repro(project, env)
-        perf = {}
-        for cat in args.categories:
-            perf[cat] = json.loads((project / "metrics" / method / f"{cat}.perf.json").read_text())
-        run["epochs"] = epochs
-        run["in_process"] = perf
+        run["params"] = {k: params[k] for k in ("model", "precision", "image_size", "device", method)}
+        run["in_process"] = {cat: {**json.loads(fit_path(method, cat, project / "metrics").read_text()),
+                                   **json.loads(perf_path(method, cat, project / "metrics").read_text())}
+                             for cat in args.categories}
         report["runs"][method] = run
-        print(json.dumps({"method": method, "wall_s": run["wall_s"], "by_stage_kind_s": run["by_stage_kind_s"]}),
-              flush=True)
+        harness.write_report(out, report)
+        print(f"{method}: {run['wall_s']} s, by stage kind {run['by_stage_kind_s']}", flush=True)
     report["total_wall_s"] = round(sum(r["wall_s"] for r in report["runs"].values()), 2)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
-    print(f"wrote {args.out}: both methods {report['total_wall_s']} s")
+    harness.write_report(out, report)
+    print(f"wrote {out}: {report['total_wall_s']} s in all", flush=True)
+    return out
 
 
 if __name__ == "__main__":

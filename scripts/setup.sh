@@ -12,4 +12,6 @@ fi
 echo "setup: installing uad and its dependencies (first run downloads PyTorch, several GB)"
 .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[test]" 2>&1 \
     | grep -v "is ignored: it is neither a file nor a directory" || true
-.venv/bin/python -c "import uad, torch, timm, kornia, torchmetrics, dvc; print('setup: ok, torch', torch.__version__)"
+# DVC's page template with Vega bundled in (.dvc/config names it): `dvc plots show` draws offline
+.venv/bin/python -m uad.plots template | sed 's/^/setup: /'
+.venv/bin/python -c "import uad, torch, timm, dvc, onnxruntime; print('setup: ok, torch', torch.__version__)"

@@ -7,4 +7,4 @@ from uad.cli import run_stage
 from uad.data.sources import acquire
 
 if __name__ == "__main__":
-    run_stage(lambda cfg, args: acquire(cfg, args[0]))
+    run_stage(lambda cfg, args: acquire(cfg, args[0]), sections="none")

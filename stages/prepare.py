@@ -8,4 +8,5 @@ from uad.data.prepared import prepare_category
 
 if __name__ == "__main__":
     run_stage(lambda cfg, args: prepare_category(args[0], args[1], image_size=cfg.image_size,
-                                                 resize=cfg.prepare.resize, workers=cfg.prepare.workers))
+                                                 resize=cfg.prepare.resize, workers=cfg.prepare.workers),
+              sections="none")

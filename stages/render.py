@@ -14,4 +14,4 @@ def main(cfg, args):
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, sections="none")

@@ -11,4 +11,4 @@ from uad.artifacts import write_text
 from uad.cli import run_stage
 
 if __name__ == "__main__":
-    run_stage(lambda cfg, args: write_text(args[0], "params.yaml is valid\n"))
+    run_stage(lambda cfg, args: write_text(args[0], "params.yaml is valid\n"), sections="all")

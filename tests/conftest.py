@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from uad.config import Config, config_from_dict
+from uad.config import Config, config_from_dict, merged
+from uad.preset import defaults, read_preset
 from uad.data.demo import generate_category
 from uad.data.prepared import prepare_category
 
@@ -23,16 +24,14 @@ def committed_params() -> str:
     return proc.stdout if proc.returncode == 0 else (REPO / "params.yaml").read_text()
 
 
+TINY_PARAMS = {"image_size": 64, "device": "cpu", "categories": ["weave"],
+               "dfr": {"epochs": 2, "lr": 0.001, "pca_images": 4}, "calibrate": {"holdout": 0.25}}
+
+
 def tiny_config(**overrides) -> Config:
-    """A config small enough for CPU unit tests (64 px, few epochs)."""
-    params = {"image_size": 64, "device": "cpu", "categories": ["weave"],
-              "dfr": {"epochs": 2, "lr": 0.001, "pca_images": 4}}
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(params.get(key), dict):
-            params[key] = {**params[key], **value}
-        else:
-            params[key] = value
-    return config_from_dict(params)
+    """A config small enough for CPU unit tests: the lite0 preset (offline weights), 64 px, few epochs."""
+    params = merged(merged(defaults(), read_preset("lite0")), TINY_PARAMS)
+    return config_from_dict(merged(params, overrides))
 
 
 @pytest.fixture(scope="session")

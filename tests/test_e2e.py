@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from uad import methods
 from uad.config import merge
+from uad.metrics import QUALITY
 
 from .conftest import REPO, SHARED, committed_params
 
@@ -81,28 +83,40 @@ def test_repro_produces_metrics_curves_gifs_and_report(repo):
                         "evaluate@weave", "evaluate@washer", "render@weave", "render@washer", "report"}
     for cat in ("weave", "washer"):
         metrics = json.loads((repo / "metrics" / "cfa" / f"{cat}.json").read_text())
-        assert set(metrics) == {"image_auroc", "pixel_auroc", "pixel_f1_max", "pixel_f1", "aupro"}
+        assert list(metrics) == [m.key for m in QUALITY]
         assert all(0 <= v <= 1 for v in metrics.values())
-        assert json.loads((repo / "metrics" / "cfa" / f"{cat}.perf.json").read_text())["fit_seconds"] > 0
+        assert json.loads((repo / "metrics" / "cfa" / f"{cat}.fit.json").read_text())["fit_seconds"] > 0
         assert (repo / "plots" / "gif" / f"{cat}.gif").read_bytes()[:6] == b"GIF89a"
     for curve in ("roc_image", "roc_pixel", "pr_pixel", "loss"):
         assert {p["category"] for p in json.loads((repo / "plots" / f"{curve}.json").read_text())} == {"weave",
                                                                                                       "washer"}
         assert json.loads((repo / "dvclive" / cat / "metrics.json").read_text())["step"] == 1
     summary = json.loads((repo / "metrics" / "summary.json").read_text())
-    assert set(summary["mean"]) == {"image_auroc", "pixel_auroc", "pixel_f1_max", "pixel_f1", "aupro"}
+    assert list(summary) == ["cfa"] and list(summary["cfa"]) == [m.key for m in QUALITY]
     assert "| Metric | weave | washer | Avg |" in (repo / "reports" / "results.md").read_text()
     shown = dvc(repo, "metrics", "show")
     assert "metrics/cfa/weave.json" in shown and "image_auroc" in shown and "dvclive/weave/metrics.json" in shown
 
 
 def test_plots_show_names_every_curve_and_category(repo, tmp_path):
+    from uad.plots import CHARTS
+
+    dvc(repo, "repro")  # nothing to do after the first test; makes this one runnable alone (-k plots_show)
+    # what scripts/setup.sh does in a fresh clone: the page template .dvc/config names (git-ignored)
+    subprocess.run([sys.executable, "-m", "uad.plots", "template"], cwd=repo, env=_env(), check=True)
     dvc(repo, "plots", "show", "-o", str(tmp_path / "html"))
-    html = (tmp_path / "html" / "index.html").read_text()
-    for title in ("Image ROC", "Pixel ROC", "Pixel precision-recall", "Training loss per epoch"):
-        assert f'"text": "{title}"' in html
-    assert '"field": "category"' in html and '"category": "weave"' in html and '"category": "washer"' in html
+    html = (tmp_path / "html" / "index.html").read_text(encoding="utf-8")
+    for chart in CHARTS:
+        assert f'"text": "{chart.title}"' in html
+        assert f'"title": "{chart.x_label}"' in html and f'"title": "{chart.y_label}"' in html
+    assert html.count('"run": "CFA on demo"') > 0 and '"field": "run"' in html and '"type": "log"' in html
+    for cat in ("weave", "washer"):
+        assert f'"category": "{cat}"' in html
+        assert re.search(rf'"label": "{cat} \(AUROC [01]\.\d{{3}}\)"', html)
+    assert "window.vegaEmbed=" in html and not re.search(r"<script[^>]*\bsrc\s*=", html)  # Vega inline: offline
     assert "plots_gif_weave.gif" in html and "plots_gif_washer.gif" in html
+    for chart in CHARTS:
+        assert (repo / "reports" / f"{chart.name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_second_repro_runs_nothing(repo):
@@ -122,7 +136,7 @@ def _snapshot(repo: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"model": "knn"}, "error: params.yaml: model: 'knn' is not valid; choose one of ['cfa', 'dfr']"),
+    ({"model": "knn"}, f"error: params.yaml: model: 'knn' is not valid; choose one of {list(methods.names())}"),
     ({"image_szie": 256}, "error: params.yaml: unknown parameter image_szie; valid keys here:"),
 ])
 def test_bad_params_fail_first_and_remove_nothing(repo, change, message):
@@ -194,7 +208,7 @@ def test_killing_dvc_repro_kills_the_stage_and_the_next_run_cleans_up(repo):
     finally:
         (repo / "params.yaml").write_text(params)
     assert {"train@weave", "evaluate@weave"} <= ran(out)
-    assert json.loads((repo / "models" / "weave" / "model.json").read_text())["epochs"] == 3
+    assert json.loads((repo / "models" / "weave" / "model.json").read_text())["fit"]["epochs"] == 3
     assert not list(repo.glob("*/.*.partial.*")), "the next run removes what the killed one left"
     dvc(repo, "repro")  # back to the module's params, from the run-cache
     assert ran(dvc(repo, "repro")) == set()

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 
 from uad import methods
+from uad.methods.base import create
+from uad.methods.cfa.model import CFA
 from uad.artifacts import atomic_path, remove_stale_partials, staged_dir, write_json
 from uad.config import ConfigError
 from uad.training import train_category
@@ -155,7 +157,7 @@ def test_training_that_fails_leaves_the_previous_model(prepared, tmp_path, monke
 
     def broken_fit(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(methods.CFA, "fit", broken_fit)
+    monkeypatch.setattr(CFA, "fit", broken_fit)
     with pytest.raises(OSError):
         train_category(cfg, prepared, out, tmp_path / "live")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
@@ -171,9 +173,10 @@ def test_a_missing_or_truncated_model_is_one_line_when_a_stage_runs_by_hand(prep
     cfg = tiny_config(model="cfa", cfa={"epochs": 1})
     train_category(cfg, prepared, tmp_path / "models" / "weave")
     damage(tmp_path / "models" / "weave" / "model.pt")
-    (tmp_path / "params.yaml").write_text("device: cpu\nimage_size: 64\ncategories: [weave]\ncfa: {epochs: 1}\n")
+    (tmp_path / "params.yaml").write_text("device: cpu\nimage_size: 64\ncategories: [weave]\n"
+                                          "cfa: {epochs: 1, backbone: tf_efficientnet_lite0, feature_export: timm}\n")
     proc = subprocess.run([sys.executable, str(REPO / "stages" / "evaluate.py"), "weave", str(prepared),
-                           "models/weave", "scores/weave", "metrics/cfa"], cwd=tmp_path, capture_output=True,
+                           "models/weave", "scores/weave", "metrics"], cwd=tmp_path, capture_output=True,
                           text=True)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert message in proc.stderr and proc.stderr.count("\n") == 1
@@ -192,7 +195,7 @@ def test_render_against_missing_scores_is_one_line(prepared, tmp_path):
 
 
 @pytest.mark.parametrize("params, expected", [
-    ({"cfa": {"k": 5000}}, "cfa.k + cfa.j = 5003 nearest items are asked for, but the memory bank holds 256"),
+    ({"cfa": {"k": 500}}, "cfa.k + cfa.j = 503 nearest items are asked for, but the memory bank holds 256"),
     ({"cfa": {"gamma_c": 300}}, "the memory bank holds 0 (16x16 patches / cfa.gamma_c 300)"),
     ({"cfa": {"layers": ["blocks.9"]}}, "cfa.layers: tf_efficientnet_lite0 has no layer 'blocks.9'"),
     ({"cfa": {"gamma_d": 100_000}}, "cfa.gamma_d: 100000 leaves no descriptor channel"),
@@ -200,14 +203,14 @@ def test_render_against_missing_scores_is_one_line(prepared, tmp_path):
 def test_method_parameters_that_cannot_work_name_the_parameter(params, expected):
     cfg = tiny_config(model="cfa", cfa={"pretrained": False, **params["cfa"]})
     with pytest.raises(ConfigError, match=expected.replace("(", r"\(").replace(")", r"\)").replace("+", r"\+")):
-        methods.create(cfg)
+        create(cfg)
 
 
 def test_unknown_model_values_list_the_valid_ones(tmp_path):
     (tmp_path / "params.yaml").write_text("model: knn\n")
     proc = subprocess.run([sys.executable, str(REPO / "stages" / "validate.py"), "ok.txt"], cwd=tmp_path,
                           capture_output=True, text=True)
-    assert proc.returncode == 1 and "model: 'knn' is not valid; choose one of ['cfa', 'dfr']" in proc.stderr
+    assert proc.returncode == 1 and f"model: 'knn' is not valid; choose one of {list(methods.names())}" in proc.stderr
     assert not (tmp_path / "ok.txt").exists()
     (tmp_path / "params.yaml").write_text("image_szie: 256\n")
     proc = subprocess.run([sys.executable, str(REPO / "stages" / "validate.py"), "ok.txt"], cwd=tmp_path,

@@ -4,7 +4,7 @@ import scipy.ndimage
 import torch
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 
-from uad import metrics
+from uad.metrics import compute as metrics
 
 
 def test_image_and_pixel_auroc_match_sklearn_with_ties():
@@ -20,8 +20,41 @@ def test_image_and_pixel_auroc_match_sklearn_with_ties():
         roc_auc_score(masks.flatten().numpy(), maps.flatten().numpy()), abs=1e-6)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_curves_equal_sklearn_and_torchmetrics_point_by_point(seed):
+    """The exact curves behind every metric, with ties: sklearn's ROC (all points) and PR curves, and
+    torchmetrics' (on scores in [0, 1], where it applies no sigmoid)."""
+    from sklearn.metrics import roc_curve
+    from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc
+
+    rng = np.random.default_rng(seed)
+    labels = rng.random(2000) < 0.2
+    scores = np.round(rng.random(2000) * 0.6 + labels * 0.3, 2)  # many ties, all in [0, 1]
+    s, y = torch.tensor(scores), torch.tensor(labels)
+    fpr, tpr, thresholds = metrics.roc(s, y)
+    ref_fpr, ref_tpr, ref_thr = roc_curve(labels, scores, drop_intermediate=False)
+    np.testing.assert_allclose(fpr.numpy(), ref_fpr, atol=1e-12)
+    np.testing.assert_allclose(tpr.numpy(), ref_tpr, atol=1e-12)
+    np.testing.assert_allclose(thresholds.numpy()[1:], ref_thr[1:])
+    tm_fpr, tm_tpr, _ = binary_roc(s.float(), y.long())
+    np.testing.assert_allclose(fpr.numpy(), tm_fpr.double().numpy(), atol=1e-6)
+    np.testing.assert_allclose(tpr.numpy(), tm_tpr.double().numpy(), atol=1e-6)
+    precision, recall = metrics.precision_recall(s, y)
+    ref_p, ref_r, _ = precision_recall_curve(labels, scores)
+    np.testing.assert_allclose(precision.numpy(), ref_p, atol=1e-12)
+    np.testing.assert_allclose(recall.numpy(), ref_r, atol=1e-12)
+    tm_p, tm_r, _ = binary_precision_recall_curve(s.float(), y.long())
+    f1 = lambda p, r: (2 * p * r / (p + r + 1e-10)).max()  # noqa: E731
+    assert float(f1(precision, recall)) == pytest.approx(float(f1(tm_p.double(), tm_r.double())), abs=1e-6)
+
+
+def test_auroc_needs_both_classes():
+    with pytest.raises(ValueError, match="both classes"):
+        metrics.image_auroc(torch.tensor([0.1, 0.2]), torch.tensor([1, 1]))
+
+
 def test_large_scores_are_not_squashed():
-    # torchmetrics applies a sigmoid to scores outside [0, 1]; 30 and 40 would both become 1.0
+    # scores are used as they are: a sigmoid (torchmetrics' default outside [0, 1]) would tie 30 and 40
     scores = torch.tensor([30.0, 31.0, 40.0, 41.0])
     labels = torch.tensor([0, 0, 1, 1])
     assert metrics.image_auroc(scores, labels) == 1.0

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from uad import methods
 from uad.data.prepared import load_split
-from uad.methods import base
-from uad.methods.base import TrainingFeatures, TrainingSteps
+from uad.methods import fitting
+from uad.methods.base import create
+from uad.methods.fitting import TrainingFeatures, TrainingSteps
 from uad.runtime import memory_budget, seed_everything
 
 from .conftest import tiny_config
@@ -19,18 +19,18 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 
 def fit_history(cfg, images):
     generator = seed_everything(cfg.seed)  # before create: the heads' initial weights come from the seed
-    model = methods.create(cfg).to(cfg.device)
+    model = create(cfg).to(cfg.device)
     history = []
-    model.fit(images, generator, lambda e, logs: history.append(logs["loss"]))
+    model.fit(images, generator, batch_size=16, log=lambda e, logs: history.append(logs["loss"]))
     return model, np.array(history)
 
 
 def test_features_are_cached_when_they_fit_and_recomputed_otherwise(prepared, monkeypatch):
     images = load_split(prepared, "train").images[:5]
-    model = methods.create(tiny_config(model="cfa"))
+    model = create(tiny_config(model="cfa"))
     cached = TrainingFeatures(images, model.patch_features, torch.float32, 2, model.device)
     assert cached.cached and len(cached) == 5
-    monkeypatch.setattr(base, "memory_budget", lambda device: 0)
+    monkeypatch.setattr(fitting, "memory_budget", lambda device: 0)
     recomputed = TrainingFeatures(images, model.patch_features, torch.float32, 2, model.device)
     assert not recomputed.cached and len(recomputed) == 5
     index = torch.tensor([4, 0, 3])
@@ -44,7 +44,7 @@ def test_training_without_room_for_the_feature_cache_matches_the_cached_run(prep
     cfg = tiny_config(model=method, **{method: {"epochs": 3}})
     images = load_split(prepared, "train").images[:6]
     cached_model, cached = fit_history(cfg, images)
-    monkeypatch.setattr(base, "memory_budget", lambda device: 0)
+    monkeypatch.setattr(fitting, "memory_budget", lambda device: 0)
     recomputed_model, recomputed = fit_history(cfg, images)
     assert len(cached) == 3 and cached[-1] != cached[0]  # it trained
     np.testing.assert_allclose(recomputed, cached, rtol=1e-4)
@@ -120,3 +120,16 @@ def test_backend_flag_is_restored_also_after_an_error(start):
         assert matmul.allow_tf32 is start
     finally:
         matmul.allow_tf32 = before
+
+
+@cuda
+def test_compiled_dfr_step_trains_like_the_eager_one(prepared, monkeypatch):
+    """DFR's compiled training step (fused batch norm, ReLU, casts and loss) follows the eager step."""
+    from uad.methods.dfr.model import DFR
+
+    cfg = tiny_config(model="dfr", device="cuda", dfr={"epochs": 4, "pretrained": False})
+    images = load_split(prepared, "train").images[:7]
+    _, compiled = fit_history(cfg, images)
+    monkeypatch.setattr(DFR, "COMPILE_ON_CUDA", False)
+    _, eager = fit_history(cfg, images)
+    np.testing.assert_allclose(compiled, eager, rtol=1e-3)

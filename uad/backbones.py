@@ -5,6 +5,10 @@ Layers are module paths of the timm model (`layer2`, `features.26`,
 requested layer (a "trunk" of the model's top-level modules, nested
 `nn.Sequential`s flattened where a layer lies inside) and captures the
 requested outputs with forward hooks: nothing after the deepest layer runs.
+
+`export="official_resnet"` captures what the official CFA code exports for a
+ResNet stage instead of its output: leaky ReLU (slope 0.01) of the last block's
+pre-activation residual sum. The computation inside the network is unchanged.
 """
 
 from __future__ import annotations
@@ -14,11 +18,11 @@ from collections.abc import Sequence
 import numpy as np
 import timm
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from uad import zoo
-from uad.config import ConfigError
-from uad.errors import shorten
+from uad.errors import ConfigError, shorten
 from uad.weights import fingerprint, load_weights
 
 
@@ -43,8 +47,9 @@ class FeatureExtractor(nn.Module):
     """Frozen backbone; `forward(images in [0, 1])` returns one map per requested layer."""
 
     def __init__(self, backbone: str, layers: Sequence[str], *, weights: str = "", pretrained: bool = True,
-                 param: str = "layers"):
-        """`param` names the parameter the layers came from, for the error about an unknown one."""
+                 param: str = "layers", export: str = "output"):
+        """`param` names the parameter the layers came from, for the error about an unknown one;
+        `export` is "output" or "official_resnet" (see the module's docstring)."""
         super().__init__()
         if backbone not in zoo.BACKBONES:
             raise ConfigError(f"unknown backbone {backbone!r}; choose one of {sorted(zoo.BACKBONES)}")
@@ -62,28 +67,36 @@ class FeatureExtractor(nn.Module):
         kept = [path for path, _ in steps]
         required = [k for k in model.state_dict() if any(k.startswith(p + ".") for p in kept)]
         self.weights_source = load_weights(model, info, weights=weights, pretrained=pretrained, required=required)
-        state = model.state_dict()
-        self.weights_fingerprint = fingerprint(state[k] for k in required)
         self.steps = nn.ModuleList(m for _, m in steps)
         self.step_paths = kept
         self.layers = list(layers)
         self.backbone = backbone
         cfg = model.pretrained_cfg
-        self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(cfg["std"]).view(1, 3, 1, 1), persistent=False)
+        # the input normalisation is part of a saved model (its state), like the weights
+        self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(cfg["std"]).view(1, 3, 1, 1))
         for m in self.modules():  # captured outputs must not be overwritten by in-place activations
             if hasattr(m, "inplace"):
                 m.inplace = False
         self._captured: dict[str, torch.Tensor] = {}
         for lay in self.layers:
-            names[lay].register_forward_hook(self._hook(lay))
+            if export == "official_resnet":
+                _last_activation(names[lay], lay, param).register_forward_hook(self._hook(lay, pre_activation=True))
+            else:
+                names[lay].register_forward_hook(self._hook(lay))
+        self.export = export
         self.requires_grad_(False)
         self.eval()
+        self.weights_fingerprint = self.compute_fingerprint()
         self.channels, self.strides = self._probe()
 
-    def _hook(self, layer: str):
-        def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
-            self._captured[layer] = output
+    def compute_fingerprint(self) -> str:
+        """Short SHA-256 of the trunk's weights (parameters and batch-norm statistics)."""
+        return fingerprint(self.steps.state_dict().values())
+
+    def _hook(self, layer: str, pre_activation: bool = False):
+        def hook(_module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            self._captured[layer] = F.leaky_relu(inputs[0], 0.01) if pre_activation else output
         return hook
 
     def train(self, mode: bool = True) -> FeatureExtractor:
@@ -106,12 +119,21 @@ class FeatureExtractor(nn.Module):
         return feats
 
 
+def _last_activation(stage: nn.Module, layer: str, param: str) -> nn.Module:
+    """The final ReLU of a ResNet stage's last block (act3 of a Bottleneck, act2 of a BasicBlock)."""
+    blocks = list(stage.children()) if isinstance(stage, nn.Sequential) else []
+    act = getattr(blocks[-1], "act3", None) or getattr(blocks[-1], "act2", None) if blocks else None
+    if act is None:
+        raise ConfigError(f"{param}: {layer!r} is not a ResNet stage of residual blocks; the official export "
+                          f"needs one (use feature_export: timm)")
+    return act
+
+
 def to_input(images: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 NHWC batch (numpy or tensor) -> float NCHW in [0, 1] on `device`, channels-last.
 
-    A numpy batch is copied (mmaps are read-only) into ordinary memory: a fresh page-locked
-    buffer per batch was slower on an H100 (CFA's bf16 feature pass at batch 64: 2,467 img/s
-    at 1f2c6ce vs 4,522 without), each batch waiting for a new pinned allocation.
+    A numpy batch is copied (mmaps are read-only) into ordinary memory, not a page-locked
+    buffer: allocating a fresh pinned buffer per batch costs more than the overlap it buys.
     """
     if images.dtype not in (np.uint8, torch.uint8):
         raise TypeError(f"images must be uint8 in [0, 255], got {images.dtype}")

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from uad.artifacts import remove_stale_partials
-from uad.config import Config, load_config
+from uad.config import Config, Sections, load_config
 from uad.errors import UadError, one_line
 
 SHELLS = {"sh", "bash", "dash", "zsh", "fish", "ksh", "busybox"}
@@ -87,8 +87,12 @@ def _disk_full(exc: OSError, argv: list[str]) -> str:
     return f"no space left on device while writing {where}; free some space and rerun (earlier outputs are intact)"
 
 
-def run_stage(main: Callable[[Config, list[str]], object], argv: list[str] | None = None) -> None:
-    """Call `main(cfg, args)`; bad input and a full disk exit with status 1 and one line, no traceback."""
+def run_stage(main: Callable[[Config, list[str]], object], argv: list[str] | None = None,
+              sections: Sections = "model") -> None:
+    """Call `main(cfg, args)`; bad input and a full disk exit with status 1 and one line, no traceback.
+
+    `sections="model"` reads only the selected method's section of params.yaml, so that a stage
+    imports no other method's code; the `validate` stage reads them all."""
     die_with_parent()
     args = sys.argv[1:] if argv is None else argv
     for arg in args:  # what a killed run of this or another stage left in the folders this one uses
@@ -96,7 +100,7 @@ def run_stage(main: Callable[[Config, list[str]], object], argv: list[str] | Non
         for folder in (path.parent, path):
             remove_stale_partials(folder)
     try:
-        cfg = load_config("params.yaml")
+        cfg = load_config("params.yaml", sections)
         main(cfg, args)
     except UadError as exc:
         print(f"error: {one_line(str(exc))}", file=sys.stderr)

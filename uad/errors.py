@@ -9,6 +9,10 @@ class UadError(Exception):
     """Bad input: a parameter, a file or a folder; the message names it and what is wrong."""
 
 
+class ConfigError(UadError, ValueError):
+    """A parameter value that cannot be used; the message names the parameter."""
+
+
 def shorten(text: str, limit: int = 120, quote: bool = True) -> str:
     """`text` for an error message: quoted like repr (control characters escaped), at most `limit`
     characters with the middle elided, so a hostile name cannot flood a log."""

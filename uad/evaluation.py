@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from uad import methods, metrics
+from uad.methods import base as methods
+from uad.artifacts import CURVES_FILE, IMAGE_SCORES_FILE, MAPS_FILE, staged_dir, write_json
 from uad.config import Config
 from uad.data.prepared import load_split
-from uad.artifacts import CURVES_FILE, IMAGE_SCORES_FILE, MAPS_FILE, read_model_info, staged_dir, write_json
+from uad.metrics import compute
 from uad.runtime import configure_precision, describe_device, measure, resolve_device, seed_everything
 
 
@@ -20,7 +21,7 @@ def evaluate_category(cfg: Config, category: str, *, prepared: str | Path, model
     device = resolve_device(cfg.device)
     configure_precision(cfg.precision, device)
     seed_everything(cfg.seed)
-    model = methods.load(model_dir, cfg).to(device)
+    model = methods.load(model_dir, precision=cfg.precision, expect=cfg.model).to(device)
     test = load_split(prepared, "test")
     # untimed batches of both sizes the timed pass uses first: CUDA context, lazily loaded
     # kernels, cuDNN autotuning and allocations belong to start-up, not to the throughput
@@ -32,19 +33,16 @@ def evaluate_category(cfg: Config, category: str, *, prepared: str | Path, model
         scores = model.score(test.images, batch, desc=f"score {category}")
     labels = torch.from_numpy(test.labels).to(scores.maps.device)
     masks = torch.from_numpy(np.array(test.masks)).to(scores.maps.device)
-    threshold = float(model.threshold)
-    result = metrics.evaluate(scores.image, labels, scores.maps, masks, threshold, cfg.evaluate.aupro_fpr_limit)
+    result = compute.evaluate(scores.image, labels, scores.maps, masks, pixel_threshold=float(model.pixel_threshold),
+                              image_threshold=float(model.image_threshold), fpr_limit=cfg.evaluate.aupro_fpr_limit)
     result = {k: round(v, 6) for k, v in result.items()}
-    info = read_model_info(model_dir)
     # the scores first, the metrics last: each appears whole (staged), and metrics never without their maps
     with staged_dir(Path(scores_dir)) as staged:
         write_json(staged / CURVES_FILE,
-                   metrics.curves(scores.image, labels, scores.maps, masks, cfg.evaluate.curve_points))
+                   compute.curves(scores.image, labels, scores.maps, masks, cfg.evaluate.curve_points))
         np.save(staged / MAPS_FILE, scores.maps.cpu().numpy().astype(np.float32))
         np.save(staged / IMAGE_SCORES_FILE, scores.image.cpu().numpy().astype(np.float32))
     write_json(perf_path, {
-        "fit_seconds": info["fit_seconds"],
-        "fit_peak_memory_mb": info["fit_peak_memory_mb"],
         "score_images_per_s": round(len(test) / timing.seconds, 2),
         "score_peak_memory_mb": round(timing.peak_memory_mb, 1),
         "device": describe_device(device),

@@ -3,11 +3,11 @@
     python -m uad.gate                      # workspace vs HEAD, tolerance from params.yaml
     python -m uad.gate --rev main --summary "$GITHUB_STEP_SUMMARY"
 
-Reads `metrics/<model>/<category>.json` (quality metrics; `.perf.json` timings are
-not gated) for every method in the workspace and `git show <rev>:<same path>`.
-A metric that drops by more than `gate.tolerance` is a regression and the gate
-exits 1; so does a baseline metric the run did not produce. The comparison is
-always printed as a table.
+Reads `metrics/<model>/<category>.json` (the gated metrics of `uad.metrics.QUALITY`;
+`.perf.json` timings are not gated) for every method in the workspace and
+`git show <rev>:<same path>`. A metric that gets worse (lower, or higher where lower
+is better) by more than `gate.tolerance` is a regression and the gate exits 1; so does
+a baseline metric the run did not produce. The comparison is always printed as a table.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from uad.config import ConfigError, load_config
-
-METRICS_ROOT = Path("metrics")
+from uad.config import load_config
+from uad.errors import ConfigError
+from uad.metrics import BY_KEY, METRICS_ROOT, parse_path
 
 
 @dataclass(frozen=True)
@@ -48,32 +48,37 @@ def _git_files(rev: str, root: Path) -> dict[str, str]:
         raise ConfigError(f"gate: cannot read revision {rev!r}: {listing.stderr.strip()}")
     out = {}
     for path in listing.stdout.split():
-        if path.endswith(".json") and not path.endswith(".perf.json") and len(Path(path).parts) == 3:
+        parsed = parse_path(path)
+        if parsed and parsed[2] == "quality" and len(Path(path).parts) == 3:
             out[path] = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True,
                                        check=True).stdout
     return out
 
 
 def _workspace_files(root: Path) -> dict[str, str]:
-    return {p.as_posix(): p.read_text() for p in sorted(root.glob("*/*.json")) if not p.name.endswith(".perf.json")}
+    return {p.as_posix(): p.read_text() for p in sorted(root.glob("*/*.json")) if parse_path(p)[2] == "quality"}
 
 
 def compare(baseline: dict[str, str], current: dict[str, str], tolerance: float) -> list[Row]:
-    """Rows for every (file, metric) in either side; higher is better for every gated metric."""
+    """Rows for every (file, metric) in either side; each metric's direction comes from `uad.metrics`."""
     rows = []
     for path in sorted(set(baseline) | set(current)):
-        model, name = Path(path).parts[-2], Path(path).stem
+        model, name, _ = parse_path(path)
         base = json.loads(baseline[path]) if path in baseline else {}
         cur = json.loads(current[path]) if path in current else {}
         for metric in sorted(set(base) | set(cur)):
+            known = BY_KEY.get(metric)
+            if known is not None and not known.gated:
+                continue
             b, c = base.get(metric), cur.get(metric)
+            sign = -1 if known is not None and not known.higher_is_better else 1
             if b is None:
                 status = "new"
             elif c is None:
                 status = "MISSING"
-            elif c < b - tolerance:
+            elif sign * (c - b) < -tolerance:
                 status = "REGRESSION"
-            elif c > b + tolerance:
+            elif sign * (c - b) > tolerance:
                 status = "improved"
             else:
                 status = "ok"

@@ -6,31 +6,10 @@ import platform
 from importlib.metadata import version
 from pathlib import Path
 
-from uad.artifacts import CURVES_FILE, LOSS_FILE, read_json, write_json, write_text
+from uad import methods
+from uad.artifacts import read_json, write_json, write_text
 from uad.config import Config
-
-QUALITY = {
-    "image_auroc": "Image AUROC",
-    "pixel_auroc": "Pixel AUROC",
-    "pixel_f1_max": "Pixel F1 (max over thresholds)",
-    "pixel_f1": "Pixel F1 (deployable threshold)",
-    "aupro": "AUPRO (FPR <= {limit})",
-}
-PERF = {
-    "fit_seconds": "Fit seconds",
-    "fit_peak_memory_mb": "Fit peak memory (MB)",
-    "score_images_per_s": "Scoring images/s",
-    "score_peak_memory_mb": "Scoring peak memory (MB)",
-}
-
-
-def metrics_path(metrics_dir: str | Path, category: str) -> Path:
-    return Path(metrics_dir) / f"{category}.json"
-
-
-def perf_path(metrics_dir: str | Path, category: str) -> Path:
-    return Path(metrics_dir) / f"{category}.perf.json"
-
+from uad.metrics import PERF, QUALITY, Metric, fit_path, perf_path, quality_path
 
 def torch_version() -> str:
     return version("torch")
@@ -40,63 +19,50 @@ def _mean(values: list[float]) -> float:
     return round(sum(values) / len(values), 6)
 
 
-def _table(title: str, rows: dict[str, str], per_cat: dict[str, dict[str, float]], means: dict[str, float],
-           fmt: str) -> list[str]:
+def _table(title: str, rows: tuple[Metric, ...], per_cat: dict[str, dict[str, float]], means: dict[str, float],
+           fmt: str, limit: float) -> list[str]:
     cats = list(per_cat)
     lines = [f"| {title} | " + " | ".join(cats) + " | Avg |", "|---" * (len(cats) + 2) + "|"]
-    for key, label in rows.items():
-        cells = [format(per_cat[c][key], fmt) for c in cats]
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | **{format(means[key], fmt)}** |")
+    for m in rows:
+        cells = [format(per_cat[c][m.key], fmt) for c in cats]
+        lines.append(f"| {m.label.format(limit=limit)} | " + " | ".join(cells) + f" | **{format(means[m.key], fmt)}** |")
     return lines
 
 
-PLOTS = ("roc_image", "roc_pixel", "pr_pixel", "loss")
-
-
-def write_plots(categories: list[str], scores_root: str | Path, models_root: str | Path,
-                plots_dir: str | Path) -> None:
-    """One file per curve kind with every category's points, tagged `category`.
-
-    Drawn by the top-level plots in dvc.yaml with the `by_category` template: one
-    line per category, and per revision in `dvc plots diff`.
-    """
-    combined: dict[str, list[dict]] = {k: [] for k in PLOTS}
-    for cat in categories:
-        curves = read_json(Path(scores_root) / cat / CURVES_FILE, f"evaluate@{cat}")
-        curves["loss"] = read_json(Path(models_root) / cat / LOSS_FILE, f"train@{cat}")
-        for kind in PLOTS:
-            combined[kind] += [{**point, "category": cat} for point in curves[kind]]
-    for kind, points in combined.items():
-        write_json(Path(plots_dir) / f"{kind}.json", points)
-
-
-def write_report(cfg: Config, metrics_dir: str | Path, summary_path: str | Path, markdown_path: str | Path) -> dict:
-    """Aggregate the categories of `cfg` into `summary_path` (DVC metrics) and a Markdown report."""
-    quality = {c: read_json(metrics_path(metrics_dir, c), f"evaluate@{c}") for c in cfg.categories}
-    perf = {c: read_json(perf_path(metrics_dir, c), f"evaluate@{c}") for c in cfg.categories}
-    q_mean = {k: _mean([quality[c][k] for c in cfg.categories]) for k in QUALITY}
-    p_mean = {k: _mean([perf[c][k] for c in cfg.categories]) for k in PERF}
-    devices = sorted({perf[c].get("device", "unknown device") for c in cfg.categories})
-    summary = {"mean": q_mean}  # per-category values stay in their own metrics files
+def write_report(cfg: Config, metrics_root: str | Path, summary_path: str | Path, markdown_path: str | Path) -> dict:
+    """Aggregate the categories of `cfg` into `summary_path` (DVC metrics: {model: means}) and a Markdown report."""
+    cats = cfg.categories
+    quality = {c: read_json(quality_path(cfg.model, c, metrics_root), f"evaluate@{c}") for c in cats}
+    perf = {c: {**read_json(fit_path(cfg.model, c, metrics_root), f"train@{c}"),
+                **read_json(perf_path(cfg.model, c, metrics_root), f"evaluate@{c}")} for c in cats}
+    q_mean = {m.key: _mean([quality[c][m.key] for c in cats]) for m in QUALITY}
+    p_mean = {m.key: _mean([perf[c][m.key] for c in cats]) for m in PERF}
+    devices = sorted({perf[c].get("device", "unknown device") for c in cats})
+    # keyed by method, so that `dvc metrics diff` across a method switch shows two methods, not a change
+    summary = {cfg.model: q_mean}
     write_json(summary_path, summary)
 
     section = cfg.method()
-    rows = {k: v.format(limit=cfg.evaluate.aupro_fpr_limit) for k, v in QUALITY.items()}
     weights = "random weights (pretrained: false)" if not section.pretrained else "ImageNet weights"
+    limit = cfg.evaluate.aupro_fpr_limit
+    c = cfg.calibrate
+    calibration = (f"every {round(1 / c.holdout)}th training image held out of the fit" if c.holdout
+                   else "the training images themselves (no holdout: false alarms run above the target)")
     lines = [
-        f"# Results: {cfg.model.upper()} on `{cfg.dataset}`",
+        f"# Results: {methods.spec(cfg.model).label} on `{cfg.dataset}`",
         "",
-        f"Backbone `{section.backbone}` ({weights}), layers `{', '.join(cfg.layers())}`, "
+        f"Backbone `{section.backbone}` ({weights}), layers `{', '.join(section.resolved_layers())}`, "
         f"input {cfg.image_size}x{cfg.image_size}, seed {cfg.seed}, precision {cfg.precision}.",
         "Protocol: the model at the end of training is evaluated once on the test split; no epoch or "
-        "setting is chosen on test data. The deployable threshold comes from normal training images only "
-        f"(target FPR {cfg.evaluate.target_fpr}); \"max over thresholds\" F1 is an optimistic bound.",
+        "setting is chosen on test data. The thresholds come from normal images only "
+        f"({calibration}): the image threshold targets {c.image_fpr:g} false alarms per good image, the "
+        f"pixel threshold {c.pixel_fpr:g} of normal pixels. \"Max over thresholds\" F1 is an optimistic bound.",
         "",
-        *_table("Metric", rows, quality, q_mean, ".3f"),
+        *_table("Metric", QUALITY, quality, q_mean, ".3f", limit),
         "",
         f"Timings on {', '.join(devices)}, {platform.machine()}, torch {torch_version()}:",
         "",
-        *_table("Timing", PERF, perf, p_mean, ".1f"),
+        *_table("Timing", PERF, perf, p_mean, ".1f", limit),
         "",
         "Generated by the `report` stage of `dvc repro` from `metrics/`.",
         "",

@@ -78,9 +78,9 @@ def cudnn_autotune() -> contextlib.AbstractContextManager[None]:
     """cuDNN times its candidate algorithms once per convolution shape instead of guessing.
 
     For DFR's autoencoder, whose PCA-chosen widths are rarely multiples of 8, the guess is
-    a slow unaligned kernel: on an H100 (bf16, hazelnut-sized) fit took 121.8 s without and
-    102.4 s with autotuning, scoring 825 vs 1,190 img/s. Other convolutions keep the guess,
-    which costs no start-up time. Backward passes must run inside the block too.
+    often a slow unaligned kernel (docs/performance.md has the measurement). Other
+    convolutions keep the guess, which costs no start-up time. Backward passes must run
+    inside the block too.
     """
     return backend_flag(torch.backends.cudnn, "benchmark", True)
 

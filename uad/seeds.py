@@ -20,7 +20,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-QUALITY = ("image_auroc", "pixel_auroc", "pixel_f1_max", "pixel_f1", "aupro")
+from uad import methods
+from uad.metrics import QUALITY, quality_path
 
 
 def runs_from_exp_show(rows: list[dict]) -> list[dict[str, Any]]:
@@ -58,8 +59,8 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         params = json.loads(key)
         model, stats = params["model"], {}
         for cat in params["categories"]:
-            path = f"metrics/{model}/{cat}.json"
-            for metric in QUALITY:
+            path = quality_path(model, cat).as_posix()
+            for metric in (m.key for m in QUALITY):
                 values = [r["metrics"][path][metric] for r in by_seed.values()
                           if metric in r["metrics"].get(path, {})]
                 if len(values) >= 2:
@@ -72,9 +73,9 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def markdown(group: dict[str, Any]) -> str:
     cats = list(group["stats"])
-    lines = [f"{group['model'].upper()} on {group['dataset']}, seeds {group['seeds']} ({', '.join(group['runs'])}):",
+    lines = [f"{methods.spec(group['model']).label} on {group['dataset']}, seeds {group['seeds']} ({', '.join(group['runs'])}):",
              "", "| metric | " + " | ".join(cats) + " |", "|---" * (len(cats) + 1) + "|"]
-    for metric in QUALITY:
+    for metric in (m.key for m in QUALITY):
         cells = []
         for cat in cats:
             s = group["stats"][cat].get(metric)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from uad import methods
+import numpy as np
+
+from uad.methods import base as methods
 from uad.artifacts import LOSS_FILE, staged_dir, write_json
 from uad.config import Config
-from uad.data.prepared import load_split
+from uad.data.prepared import load_index, load_split
 from uad.errors import UadError
-from uad.methods.base import EpochLog
+from uad.methods.base import AnomalyMethod, EpochLog, InputSpec
 from uad.runtime import configure_precision, describe_device, measure, resolve_device, seed_everything
 
 
@@ -37,19 +40,46 @@ def dvclive_logger(live_dir: str | Path | None) -> Iterator[EpochLog | None]:
         yield log
 
 
-def train_category(cfg: Config, prepared: str | Path, out: str | Path, live_dir: str | Path | None = None) -> Path:
-    """Fit, calibrate the deployable threshold on the same normal images, save to `out`.
+def holdout_mask(n: int, fraction: float) -> np.ndarray:
+    """Which of n training images (in their sorted order) are held out for calibration: every
+    1/fraction-th, spread evenly and the same on every run; floor(n * fraction) of them."""
+    i = np.arange(n)
+    return np.floor((i + 1) * fraction) > np.floor(i * fraction)
 
-    Every epoch's losses are logged with DVCLive to `live_dir/metrics.json` (shown
-    by `dvc exp show`) and saved as records in `out/loss.json` (drawn by `report`).
-    Both folders are built in staging folders and replace `out` and `live_dir` only
-    when everything is written: a killed or failed run leaves the previous ones.
+
+def train_category(cfg: Config, prepared: str | Path, out: str | Path, live_dir: str | Path | None = None,
+                   method: type[AnomalyMethod] | None = None, fit_metrics: str | Path | None = None) -> Path:
+    """Fit on the training images not held out, calibrate the thresholds, save to `out`.
+
+    `calibrate.holdout` of the images (every 1/holdout-th) are kept out of the fit and give the
+    image and pixel thresholds; with no holdout (the paper presets) the thresholds come from the
+    training images themselves, which the model has fitted, so they flag more good images than
+    the target: this is warned about and recorded with the model.
+    Every epoch's losses are logged with DVCLive to `live_dir/metrics.json` (shown by `dvc exp
+    show`) and saved as records in `out/loss.json` (drawn by `report`). Both folders are built in
+    staging folders and replace `out` and `live_dir` only when everything is written: a killed or
+    failed run leaves the previous ones. `method`: a subclass of the selected method to train
+    instead (see `uad.methods.base.create`). The fit's time, memory and device go to
+    `fit_metrics` (uad.metrics.fit_path), not into the model folder, whose files depend only on
+    the params, the data and the seed.
     """
     device = resolve_device(cfg.device)
     configure_precision(cfg.precision, device)
     generator = seed_everything(cfg.seed)
     train = load_split(prepared, "train")
-    model = methods.create(cfg).to(device)
+    index = load_index(prepared)
+    held = holdout_mask(len(train), cfg.calibrate.holdout)
+    if held.all():
+        raise UadError(f"calibrate.holdout: {cfg.calibrate.holdout} leaves no image to train on")
+    fit_images = train.images[~held] if held.any() else train.images
+    if held.any():
+        calib_images, source = train.images[held], f"held out of the fit: {int(held.sum())} of {len(train)} images"
+    else:
+        calib_images, source = train.images, "the training images (no holdout): false alarms run above the target"
+        print("warning: calibrate.holdout is 0: the thresholds come from images the model was fitted on, so good "
+              "images will be flagged more often than calibrate.image_fpr", file=sys.stderr)
+    model = methods.create(cfg, method).to(device)
+    model.input = InputSpec(index["image_size"], index["resize"])
     history: list[dict[str, float]] = []
     out = Path(out)
     with contextlib.ExitStack() as stack:
@@ -62,10 +92,15 @@ def train_category(cfg: Config, prepared: str | Path, out: str | Path, live_dir:
                 history.append({"step": epoch, **{k: round(v, 6) for k, v in values.items()}})
 
             with measure(device) as fit_time:
-                fit = model.fit(train.images, generator, log)
-        model.calibrate(train.images, cfg.evaluate.target_fpr, cfg.evaluate.batch_size)
-        model.save(staged_out, fit, {"fit_seconds": round(fit_time.seconds, 3),
-                                     "fit_peak_memory_mb": round(fit_time.peak_memory_mb, 1),
-                                     "n_train": len(train), "device": describe_device(device)})
+                fit = model.fit(fit_images, generator, batch_size=cfg.evaluate.batch_size, log=log)
+        c = cfg.calibrate
+        model.calibrate(calib_images, image_fpr=c.image_fpr, pixel_fpr=c.pixel_fpr,
+                        batch_size=cfg.evaluate.batch_size, source=source)
+        model.save(staged_out, fit, {"n_train": len(fit_images), "n_calibration": len(calib_images),
+                                     "precision": cfg.precision, "seed": cfg.seed})
         write_json(staged_out / LOSS_FILE, history)
+    if fit_metrics is not None:
+        write_json(fit_metrics, {"fit_seconds": round(fit_time.seconds, 3),
+                                 "fit_peak_memory_mb": round(fit_time.peak_memory_mb, 1),
+                                 "device": describe_device(device)})
     return out

@@ -1,0 +1,1 @@
+"""Datasets: sources in MVTec layout, safe downloads and extraction, the prepared cache."""

@@ -1,49 +1,57 @@
-"""Method registry: the stages pick a method by name and use only the `AnomalyMethod` interface."""
+"""The method registry: every sub-package of `uad.methods` is a method, found by listing the package.
+
+A method package `uad/methods/<name>/` holds
+- `__init__.py`: `SPEC`, a `MethodSpec` (name, title, paper, parameters, model class);
+- `params.py`: `Params`, the method's parameter schema with the published defaults and checks
+  (torch-free, so that reading params.yaml stays cheap);
+- `model.py`: the `AnomalyMethod` subclass.
+Adding a method is adding its package and a params.yaml section: the valid `model`
+values, the tests parametrised over methods and the benchmarks' defaults come from here.
+Listing and parsing import no torch; models are created and loaded by `uad.methods.base`
+(`create`, `load`), and a stage imports only the package of the method it runs (so DVC
+reruns it for that method's code alone).
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+from uad.errors import ConfigError
+from uad.methods.params import MethodParams
 
-from uad.config import Config
-from uad.errors import UadError
-from uad.artifacts import MODEL_FILE
-from uad.methods.base import AnomalyMethod, FitInfo, Scores
-from uad.methods.cfa import CFA
-from uad.methods.dfr import DFR
-
-METHODS: dict[str, type[AnomalyMethod]] = {cls.name: cls for cls in (CFA, DFR)}
+if TYPE_CHECKING:
+    from uad.methods.base import AnomalyMethod
 
 
-def create(cfg: Config) -> AnomalyMethod:
-    """A new, unfitted model of the method `cfg.model`."""
-    return METHODS[cfg.model](cfg)
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str  # the `model` value and the params.yaml section
+    label: str  # how reports and charts name it ("PatchCore")
+    title: str
+    paper: str
+    params: type[MethodParams]
+    model: str  # "module:Class" inside the method's package
+
+    def model_class(self) -> type[AnomalyMethod]:
+        module, _, cls = self.model.partition(":")
+        return getattr(importlib.import_module(f"{__name__}.{self.name}.{module}"), cls)
 
 
-class ModelError(UadError, ValueError):
-    """A saved model that is missing, damaged or of another kind; the message names the file."""
+def names() -> tuple[str, ...]:
+    """The registered methods: the sub-packages of uad/methods, sorted."""
+    return tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if m.ispkg))
 
 
-def load(folder: str | Path, cfg: Config) -> AnomalyMethod:
-    """A model saved by `AnomalyMethod.save`; the backbone must resolve to the same weights."""
-    path = Path(folder) / MODEL_FILE
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ModelError(f"{path}: no trained model; run the train stage first") from None
-    except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise ModelError(f"{path}: not a readable model ({type(exc).__name__}: {str(exc)[:200]}); "
-                         f"rerun the train stage") from None
-    if not isinstance(saved, dict) or saved.get("method") not in METHODS or "state" not in saved:
-        raise ModelError(f"{path}: not a model saved by this pipeline; rerun the train stage")
-    if saved["method"] != cfg.model:
-        raise ModelError(f"{path}: holds a {saved['method']} model but params select {cfg.model}; "
-                         f"rerun train")
-    try:
-        return METHODS[saved["method"]].from_saved(cfg, saved)
-    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
-        raise ModelError(f"{path}: {str(exc)[:300]}") from None
+def spec(name: str) -> MethodSpec:
+    """The method called `name`; ConfigError listing the valid names for any other."""
+    if name not in names():
+        raise ConfigError(f"model: {name!r} is not valid; choose one of {list(names())}")
+    found = importlib.import_module(f"{__name__}.{name}").SPEC
+    assert isinstance(found, MethodSpec) and found.name == name, f"uad/methods/{name}: SPEC must name {name!r}"
+    return found
 
 
-__all__ = ["METHODS", "AnomalyMethod", "FitInfo", "ModelError", "Scores", "create", "load"]
+__all__ = ["MethodSpec", "MethodParams", "names", "spec"]

@@ -19,8 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from uad.config import Config, DFRConfig
-from uad.methods.base import AnomalyMethod, EpochLog, FitInfo, TrainingFeatures, TrainingSteps
+from uad.methods.base import AnomalyMethod, EpochLog, FitInfo
+from uad.methods.dfr.params import Params
+from uad.methods.fitting import TrainingFeatures, TrainingSteps
 from uad.runtime import autocast, cudnn_autotune, round_up, storage_dtype
 
 
@@ -122,7 +123,8 @@ class FeatCAE(nn.Module):
 
 
 def pca_dimension(features: torch.Tensor, variance: float) -> int:
-    """Smallest number of principal components explaining `variance` of the variance.
+    """Fewest principal components whose explained variance exceeds `variance` (sklearn's
+    `PCA(n_components=variance)` rule, which the official code uses: strictly more than).
 
     `features` is (N, C, H, W); every spatial position is one sample, as in the
     paper's PCA over regional feature vectors.
@@ -131,18 +133,23 @@ def pca_dimension(features: torch.Tensor, variance: float) -> int:
     x = x - x.mean(0)
     eig = torch.linalg.eigvalsh(x.T @ x / max(len(x) - 1, 1)).flip(0).clamp_min(0)
     ratio = eig.cumsum(0) / eig.sum()
-    target = torch.tensor(variance - 1e-12, dtype=ratio.dtype, device=ratio.device)
-    return int(torch.searchsorted(ratio, target).item()) + 1
+    target = torch.tensor(variance, dtype=ratio.dtype, device=ratio.device)
+    return min(int(torch.searchsorted(ratio, target, right=True).item()) + 1, len(ratio))
 
 
 class DFR(AnomalyMethod):
     name = "dfr"
+    params: Params
+    # On a GPU the training step's forward and loss are compiled (torch.compile): batch norm, ReLU,
+    # the casts and the squared error fuse into few kernels instead of separate passes over
+    # activations thousands of channels deep. The compiled step is captured in the CUDA graph
+    # like the eager one (tests/test_training_steps.py compares both).
+    COMPILE_ON_CUDA: bool = True
 
-    def __init__(self, cfg: Config, latent_dim: int | None = None):
-        super().__init__(cfg)
-        self.section: DFRConfig = cfg.dfr  # narrows the type for the DFR-only fields
-        self.regional = RegionalFeatures(self._layer_sizes(), cfg.image_size, self.section.kernel,
-                                         self.section.stride)
+    def __init__(self, params: Params, *, image_size: int, precision: str = "fp32", resolve_weights: bool = True,
+                 latent_dim: int | None = None):
+        super().__init__(params, image_size=image_size, precision=precision, resolve_weights=resolve_weights)
+        self.regional = RegionalFeatures(self._layer_sizes(), image_size, params.kernel, params.stride)
         self.channels = sum(self.extractor.channels)
         self.latent_dim: int | None = None
         self.cae: FeatCAE | None = None
@@ -159,15 +166,16 @@ class DFR(AnomalyMethod):
     def hyper(self) -> dict:
         return {"latent_dim": self.latent_dim}
 
-    def regional_features(self, images: np.ndarray) -> torch.Tensor:
+    def regional_features(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         """(B, C, G, G) in the autocast dtype: bf16 features are not widened to fp32 (twice the bytes)."""
         with torch.no_grad():
             return self.regional(self.features(images, keep_dtype=True))
 
-    def fit(self, images: np.ndarray, generator: torch.Generator, log: EpochLog | None = None) -> FitInfo:
-        cfg = self.section
-        feats = TrainingFeatures(images, self.regional_features, storage_dtype(self.precision),
-                                 self.cfg.evaluate.batch_size, self.device)
+    def fit(self, images: np.ndarray, generator: torch.Generator, *, batch_size: int = 16,
+            log: EpochLog | None = None) -> FitInfo:
+        cfg = self.params
+        feats = TrainingFeatures(images, self.regional_features, storage_dtype(self.precision), batch_size,
+                                 self.device)
         if cfg.latent_dim == "auto":
             latent = pca_dimension(torch.cat(list(feats.chunks(cfg.pca_images))).float(), cfg.pca_variance)
         else:
@@ -178,12 +186,18 @@ class DFR(AnomalyMethod):
         optim = torch.optim.Adam(cae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                  capturable=TrainingSteps.graphed_on(self.device))
 
+        def reconstruction_loss(x: torch.Tensor) -> torch.Tensor:
+            with autocast(self.precision, self.device):
+                recon = cae(x)
+            return F.mse_loss(recon.float(), x)
+
+        if self.COMPILE_ON_CUDA and self.device.type == "cuda":
+            reconstruction_loss = torch.compile(reconstruction_loss, dynamic=False)
+
         def step(index: torch.Tensor) -> tuple[torch.Tensor, ...]:
             x = feats[index].float()
             with cudnn_autotune():
-                with autocast(self.precision, self.device):
-                    recon = cae(x)
-                loss = F.mse_loss(recon.float(), x)
+                loss = reconstruction_loss(x)
                 loss.backward()
             optim.step()
             return (loss.detach(),)
@@ -205,7 +219,7 @@ class DFR(AnomalyMethod):
                        extra={"latent_dim": latent, "feature_channels": self.channels,
                               "features_cached": feats.cached})
 
-    def anomaly_maps(self, images: np.ndarray) -> torch.Tensor:
+    def anomaly_maps(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         assert self.cae is not None, "DFR is not fitted"
         x = self.regional_features(images)
         with cudnn_autotune(), autocast(self.precision, self.device):

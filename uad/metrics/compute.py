@@ -1,10 +1,12 @@
-"""Anomaly-segmentation metrics with the semantics of ALGORITHMS.md section 3.
+"""Anomaly-segmentation metrics, with the semantics of the MVTec AD protocol (docs/methods.md).
 
-Image AUROC, pixel AUROC and the PR curve behind pixel F1 come from
-torchmetrics (exact, untied ROC/PR). AUPRO is computed exactly from one sort of
-all pixel scores: every GT-negative pixel moves the FPR by 1/|N|, every pixel of
-region k moves the mean per-region overlap by 1/(|R_k| K). Regions are the
-8-connected components of each mask.
+Every curve is exact, from one sort of the scores: one point per distinct score
+(ties handled as sklearn and torchmetrics do, pinned by tests against both). ROC
+and AUROC (trapezoid), the precision-recall curve behind pixel F1, and AUPRO: every
+GT-negative pixel moves the FPR by 1/|N|, every pixel of region k moves the mean
+per-region overlap by 1/(|R_k| K). Regions are the 8-connected components of each
+mask. Scores are used as they are (no sigmoid, no rescaling); torch and NumPy only,
+so the evaluate stage starts without torchmetrics' imports.
 """
 
 from __future__ import annotations
@@ -14,33 +16,74 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.ndimage
 import torch
-from torchmetrics.functional.classification import (
-    binary_auroc,
-    binary_precision_recall_curve,
-    binary_roc,
-)
+
+from uad.metrics import QUALITY
 
 _EIGHT = np.ones((3, 3), dtype=int)
 
 
-def _unit(scores: torch.Tensor) -> torch.Tensor:
-    """Min-max to [0, 1]: torchmetrics would apply a sigmoid to scores outside it, tying large values."""
-    s = scores.float().flatten()
-    lo, hi = s.min(), s.max()
-    return (s - lo) / (hi - lo) if hi > lo else torch.zeros_like(s)
+@dataclass(frozen=True)
+class Counts:
+    """Cumulative true and false positives at every distinct threshold, highest first."""
+
+    thresholds: torch.Tensor  # descending distinct scores
+    tps: torch.Tensor  # float64
+    fps: torch.Tensor
+
+
+def counts(scores: torch.Tensor, labels: torch.Tensor) -> Counts:
+    """`score >= t` for every distinct score t: positives and negatives flagged (one sort)."""
+    s = scores.flatten().double()
+    y = labels.flatten().to(s.device).double()
+    order = torch.argsort(s, descending=True, stable=True)
+    s, y = s[order], y[order]
+    last = torch.ones_like(s, dtype=torch.bool)  # the last element of every run of equal scores
+    last[:-1] = s[1:] != s[:-1]
+    tps = y.cumsum(0)[last]
+    fps = (1 - y).cumsum(0)[last]
+    return Counts(s[last], tps, fps)
+
+
+def roc(scores: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(fpr, tpr, thresholds) from (0, 0), as sklearn's roc_curve without dropping collinear points."""
+    c = counts(scores, labels)
+    zero = c.tps.new_zeros(1)
+    tps, fps = torch.cat([zero, c.tps]), torch.cat([zero, c.fps])
+    positives, negatives = tps[-1], fps[-1]
+    if positives == 0 or negatives == 0:
+        raise ValueError("AUROC needs both classes among the labels")
+    inf = c.thresholds.new_full((1,), float("inf"))
+    return fps / negatives, tps / positives, torch.cat([inf, c.thresholds])
+
+
+def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    fpr, tpr, _ = roc(scores, labels)
+    return float(torch.trapezoid(tpr, fpr))
 
 
 def image_auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    return float(binary_auroc(_unit(scores), labels.flatten().long()))
+    return auroc(scores, labels)
 
 
 def pixel_auroc(maps: torch.Tensor, masks: torch.Tensor) -> float:
-    return float(binary_auroc(_unit(maps), masks.flatten().long()))
+    return auroc(maps, masks)
+
+
+def precision_recall(maps: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(precision, recall) at every distinct threshold in sklearn's order (thresholds increasing, so recall
+    decreasing), ending at (1, 0), as sklearn's precision_recall_curve."""
+    c = counts(maps, masks)
+    positives = c.tps[-1]
+    if positives == 0:
+        raise ValueError("a precision-recall curve needs positive pixels")
+    precision = (c.tps / (c.tps + c.fps)).flip(0)
+    recall = (c.tps / positives).flip(0)
+    return torch.cat([precision, precision.new_ones(1)]), torch.cat([recall, recall.new_zeros(1)])
 
 
 def f1_max(maps: torch.Tensor, masks: torch.Tensor) -> float:
     """Best pixel F1 over all thresholds (an optimistic bound: the threshold sees the test labels)."""
-    precision, recall, _ = binary_precision_recall_curve(_unit(maps), masks.flatten().long())
+    precision, recall = precision_recall(maps, masks)
     return float((2 * precision * recall / (precision + recall + 1e-10)).max())
 
 
@@ -121,9 +164,9 @@ def downsample(points: dict[str, torch.Tensor], n: int) -> list[dict[str, float]
 def curves(image_scores: torch.Tensor, labels: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor,
            n: int) -> dict[str, list[dict[str, float]]]:
     """Image ROC, pixel ROC and pixel PR curves, thinned to `n` points each."""
-    fpr_i, tpr_i, _ = binary_roc(_unit(image_scores), labels.flatten().long())
-    fpr_p, tpr_p, _ = binary_roc(_unit(maps), masks.flatten().long())
-    precision, recall, _ = binary_precision_recall_curve(_unit(maps), masks.flatten().long())
+    fpr_i, tpr_i, _ = roc(image_scores, labels)
+    fpr_p, tpr_p, _ = roc(maps, masks)
+    precision, recall = precision_recall(maps, masks)
     return {
         "roc_image": downsample({"fpr": fpr_i, "tpr": tpr_i}, n),
         "roc_pixel": downsample({"fpr": fpr_p, "tpr": tpr_p}, n),
@@ -131,14 +174,26 @@ def curves(image_scores: torch.Tensor, labels: torch.Tensor, maps: torch.Tensor,
     }
 
 
-def evaluate(image_scores: torch.Tensor, labels: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor,
-             threshold: float, fpr_limit: float) -> dict[str, float]:
-    """Every per-category metric; `threshold` is the deployable one fixed from normal training images."""
+def flagged_rates(image_scores: torch.Tensor, labels: torch.Tensor, threshold: float) -> tuple[float, float]:
+    """(false-alarm rate on good images, detection rate on defective ones) of `score > threshold`."""
+    flagged = image_scores.flatten() > threshold
+    good = labels.flatten() == 0
+    return float(flagged[good].float().mean()), float(flagged[~good].float().mean())
+
+
+def evaluate(image_scores: torch.Tensor, labels: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor, *,
+             pixel_threshold: float, image_threshold: float, fpr_limit: float) -> dict[str, float]:
+    """Every per-category metric of `uad.metrics.QUALITY`; the thresholds are the model's calibrated ones."""
     regions = torch.from_numpy(label_regions(masks.cpu().numpy()))
-    return {
+    false_alarms, detections = flagged_rates(image_scores, labels, image_threshold)
+    result = {
         "image_auroc": image_auroc(image_scores, labels),
         "pixel_auroc": pixel_auroc(maps, masks),
         "pixel_f1_max": f1_max(maps, masks),
-        "pixel_f1": f1_at(maps, masks, threshold),
+        "pixel_f1": f1_at(maps, masks, pixel_threshold),
         "aupro": aupro(maps, regions, fpr_limit),
+        "image_false_alarm_rate": false_alarms,
+        "image_detection_rate": detections,
     }
+    assert list(result) == [m.key for m in QUALITY]
+    return result
