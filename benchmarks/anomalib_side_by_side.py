@@ -121,7 +121,7 @@ def run_ours(variant: Variant, params: dict[str, Any], prepared: harness.Prepare
     entry = {"seed": seed, "fit_s": run.perf["fit_seconds"], "image_auroc": run.metrics["image_auroc"],
              "pixel_auroc": run.metrics["pixel_auroc"]}
     if not full:
-        return entry
+        return {**entry, "metrics": run.metrics}
     model_dir = out / "model"
     check = split_tf32_check(cfg, model_dir, prepared.path)
     info = run.model_info
@@ -303,8 +303,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
                 torch.cuda.empty_cache()
         entry = runs[0]
         if len(runs) > 1:
-            entry["per_seed"] = [{k: r[k] for k in ("seed", "fit_s", "image_auroc", "pixel_auroc")} for r in runs]
-            entry["over_seeds"] = {k: harness.spread([r[k] for r in runs]) for k in ("image_auroc", "pixel_auroc")}
+            keys = ("image_auroc", "pixel_auroc", "aupro", "image_false_alarm_rate", "image_detection_rate")
+            flat = [{**r.get("metrics", {}), **r} for r in runs]
+            entry["per_seed"] = [{k: r[k] for k in ("seed", "fit_s", *keys) if k in r} for r in flat]
+            entry["over_seeds"] = {k: harness.spread([r[k] for r in flat]) for k in keys if all(k in r for r in flat)}
         report["methods"][name] = entry
         harness.write_report(out, report)
     report.update(compare(report["methods"]))

@@ -9,10 +9,15 @@ has each stage's wall time and start offset (for comparing sequential and concur
 stages' own fit and scoring timings come from the perf metrics they write. With bytecode caches
 on, the stages' imports run once first (as `pip install` would have compiled them).
 
+`--jobs N` runs each method through `python -m uad.parallel --jobs N --gpus ...` instead (the
+categories' stages concurrently, through DVC), recording its per-stage timings; `--sample-gpu`
+records the GPUs' utilisation every half second (nvidia-smi) during each run.
+
 GPU:
 
     python3 -m benchmarks.e2e --methods dfr --set precision=bf16
     python3 -m benchmarks.e2e --methods cfa --set precision=bf16
+    python3 -m benchmarks.e2e --methods dfr cfa --set precision=bf16 --jobs 3 --gpus 0 --sample-gpu
 
 CPU smoke:
 
@@ -23,6 +28,7 @@ CPU smoke:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -105,6 +111,58 @@ def repro(project: Path, env: dict[str, str]) -> dict[str, Any]:
             "stage_start_s": starts}
 
 
+def parallel_repro(project: Path, env: dict[str, str], jobs: int, gpus: str) -> dict[str, Any]:
+    """`python -m uad.parallel` in `project`; its per-stage timings, in the shape `repro` returns."""
+    timings = project / "parallel_timings.json"
+    start = time.perf_counter()
+    cmd = [sys.executable, "-m", "uad.parallel", "--jobs", str(jobs), "--timings", str(timings)]
+    proc = subprocess.run([*cmd, *(["--gpus", gpus] if gpus else [])], cwd=project, env=env, text=True,
+                          capture_output=True)
+    end = time.perf_counter() - start
+    if proc.returncode:
+        print(proc.stdout[-4000:], proc.stderr[-4000:], sep="\n", file=sys.stderr)
+        raise SystemExit(f"uad.parallel failed with exit code {proc.returncode}")
+    summary = json.loads(timings.read_text())
+    stages = {f"{r['stage']}@{r['category']}": r["seconds"] for r in summary["stages"] if r["ran"]}
+    by_kind: dict[str, float] = {}
+    for name, seconds in stages.items():
+        kind = name.split("@")[0]
+        by_kind[kind] = round(by_kind.get(kind, 0.0) + seconds, 2)
+    return {"wall_s": round(end, 2), "stages": len(stages), "by_stage_kind_s": by_kind, "per_stage_s": stages,
+            "jobs": jobs, "gpus": gpus, "phases_s": summary["seconds"],
+            "largest_stage_s": max(stages.values(), default=0.0)}
+
+
+class GpuSampler:
+    """nvidia-smi's utilisation of every GPU, every half second, while a block runs."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> GpuSampler:
+        self.file = open(self.path, "w")
+        self.proc = subprocess.Popen(["nvidia-smi", "--query-gpu=index,utilization.gpu,memory.used",
+                                      "--format=csv,noheader,nounits", "-lms", "500"], stdout=self.file)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        assert self.proc is not None
+        self.proc.terminate()
+        self.proc.wait()
+        self.file.close()
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """Mean and peak utilisation (%) and peak memory (MiB) per GPU index."""
+        rows: dict[str, list[tuple[float, float]]] = {}
+        for line in self.path.read_text().splitlines():
+            parts = [p.strip() for p in line.split(",")]
+            if len(parts) == 3 and all(p.replace(".", "").isdigit() for p in parts):
+                rows.setdefault(parts[0], []).append((float(parts[1]), float(parts[2])))
+        return {gpu: {"mean_util_pct": round(sum(u for u, _ in r) / len(r), 1), "max_util_pct": max(u for u, _ in r),
+                      "max_memory_mib": max(m for _, m in r), "samples": len(r)} for gpu, r in rows.items()}
+
+
 def main(argv: Sequence[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.e2e", description=__doc__.splitlines()[0])
     ap.add_argument("--categories", nargs="+", default=sorted(synthetic.MVTEC), choices=sorted(synthetic.MVTEC))
@@ -116,6 +174,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
     ap.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/e2e_<methods>_...")
     ap.add_argument("--tag", default=None, help="last field of the default result name")
     ap.add_argument("--commit", default=None, help="commit id to record (default: git rev-parse)")
+    ap.add_argument("--jobs", type=int, default=0,
+                    help="run the categories concurrently: python -m uad.parallel --jobs N (0: plain dvc repro)")
+    ap.add_argument("--gpus", default="", help="GPUs for the concurrent jobs (uad.parallel --gpus), e.g. 0 or 0,1,2,3")
+    ap.add_argument("--sample-gpu", action="store_true", help="record nvidia-smi utilisation during each run")
     args = ap.parse_args(argv)
     work = args.workdir.resolve()
     if work.exists():
@@ -157,7 +219,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
     for method in args.methods:
         params, command = params_of(method)
         (project / "params.yaml").write_text(render(params, command))
-        run = repro(project, env)
+        sampler = GpuSampler(work / f"gpu_{method}.csv") if args.sample_gpu else contextlib.nullcontext()
+        with sampler:
+            run = parallel_repro(project, env, args.jobs, args.gpus) if args.jobs else repro(project, env)
+        if args.sample_gpu:
+            run["gpu_utilisation"] = sampler.summary()
         run["params"] = {k: params[k] for k in ("model", "precision", "image_size", "device", method)}
         run["in_process"] = {cat: {**json.loads(fit_path(method, cat, project / "metrics").read_text()),
                                    **json.loads(perf_path(method, cat, project / "metrics").read_text())}
