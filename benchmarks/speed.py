@@ -24,6 +24,7 @@ CPU smoke:
 from __future__ import annotations
 
 import argparse
+import ast
 import statistics
 import subprocess
 import sys
@@ -47,8 +48,18 @@ from uad.runtime import autocast, configure_precision, measure, resolve_device, 
 TOOL = "speed"
 # the feature pass a method's fit caches, by method; other methods are timed on their backbone maps
 IN_METHOD_FEATURES = {"cfa": "patch_features", "dfr": "regional_features"}
-STAGE_IMPORTS = {"prepare": "uad.cli, uad.data.prepared", "train": "uad.cli, uad.training",
-                 "evaluate": "uad.cli, uad.evaluation, uad.report", "render": "uad.cli, uad.render"}
+def stage_imports() -> dict[str, list[str]]:
+    """Per stage script in stages/: the uad modules it imports (read from its source, so never stale)."""
+    out = {}
+    for script in sorted((harness.REPO / "stages").glob("*.py")):
+        modules = []
+        for node in ast.parse(script.read_text()).body:
+            if isinstance(node, ast.ImportFrom):
+                modules.append(node.module or "")
+            elif isinstance(node, ast.Import):
+                modules.extend(alias.name for alias in node.names)
+        out[script.stem] = [m for m in modules if m.split(".")[0] == "uad"]
+    return out
 
 
 def backbone_pass(backbone: str, layers: Sequence[str], precision: str, device: torch.device,
@@ -83,16 +94,17 @@ def profile_kernels(fn: Callable[[], Any], top: int = 12) -> dict[str, list[dict
 
 
 def startup_seconds() -> dict[str, float]:
-    """Per stage: wall time of a fresh interpreter importing what that stage script imports (median of 3)."""
-    out = {}
-    for stage, modules in STAGE_IMPORTS.items():
+    """Per stage, and for `torch` alone: wall time of a fresh interpreter importing what that stage script
+    imports (median of 3), and each stage's ratio to `torch` (`<stage>/torch`)."""
+    times = {}
+    for stage, modules in {"torch": ["torch"], **stage_imports()}.items():
         runs = []
         for _ in range(3):
             t = time.perf_counter()
-            subprocess.run([sys.executable, "-c", f"import {modules}"], check=True, cwd=harness.REPO)
+            subprocess.run([sys.executable, "-c", f"import {', '.join(modules)}"], check=True, cwd=harness.REPO)
             runs.append(time.perf_counter() - t)
-        out[stage] = round(statistics.median(runs), 2)
-    return out
+        times[stage] = round(statistics.median(runs), 2)
+    return {**times, **{f"{k}/torch": round(v / times["torch"], 2) for k, v in times.items() if k != "torch"}}
 
 
 def method_params(method: str, precision: str, args: argparse.Namespace) -> dict[str, Any]:

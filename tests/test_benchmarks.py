@@ -311,3 +311,20 @@ def test_run_repeats_the_stage_functions_and_reports_their_closeness(tmp_path):
     entry = report["runs"]["cfa"]
     assert len(entry["runs"]) == 2 and set(entry["runs"][0]) == {"weave"}
     assert entry["max_abs_diff_between_repeats"]["image_auroc"] == pytest.approx(0.0, abs=1e-6)  # seeded: the same
+
+
+def test_stages_without_a_model_start_without_pytorch():
+    """Start-up: only train and evaluate need PyTorch; every other stage's imports leave it out
+    (a fresh interpreter per stage, as DVC starts them; the list comes from the stage scripts)."""
+    import subprocess
+
+    from benchmarks.speed import stage_imports
+
+    imports = stage_imports()
+    assert set(imports) == {p.stem for p in (harness.REPO / "stages").glob("*.py")}
+    assert {"uad.training", "uad.evaluation"} <= {m for mods in imports.values() for m in mods}
+    check = "import sys, {}; print(sorted(m for m in ('torch', 'timm', 'torchvision') if m in sys.modules))"
+    loaded = {stage: subprocess.run([sys.executable, "-c", check.format(", ".join(mods))], cwd=harness.REPO,
+                                    capture_output=True, text=True, check=True).stdout.strip()
+              for stage, mods in imports.items()}
+    assert {s for s, mods in loaded.items() if mods != "[]"} == {"train", "evaluate"}, loaded

@@ -70,6 +70,28 @@ def test_two_workers_give_the_sequential_outputs_and_lock(repos, tmp_path):
     assert again.returncode == 0 and " ran in " not in again.stdout
 
 
+def test_hosts_sharing_a_cache_fan_in_from_the_run_cache(repos, tmp_path_factory):
+    """docs/performance.md's multi-host recipe: clones of one commit sharing a DVC cache each run one
+    category's stages; a third clone's plain `dvc repro` restores them all and runs only the report."""
+    sequential, _ = repos
+    cache = tmp_path_factory.mktemp("shared-cache")
+    hosts = [copy_repo(tmp_path_factory.mktemp(f"host{i}")) for i in range(3)]
+    for host in hosts:
+        set_params(host, PARAMS)
+        subprocess.run(["git", "commit", "-qam", "tiny"], cwd=host, check=True)
+        dvc(host, "cache", "dir", "--local", str(cache))
+    assert "download" in ran(dvc(hosts[0], "repro", "download"))  # the shared stages, once
+    for host, category in zip(hosts, ("weave", "washer")):
+        assert "download" not in ran(dvc(host, "repro", "download"))
+        for stage in ("prepare", "train", "evaluate", "render"):
+            assert ran(dvc(host, "repro", "--single-item", f"{stage}@{category}")) == {f"{stage}@{category}"}
+    fan_in = dvc(hosts[2], "repro")
+    assert ran(fan_in) == {"report"}, fan_in
+    assert "is cached - skipping run" in fan_in
+    assert outputs(hosts[2]) == outputs(sequential)
+    assert lock(hosts[2]) == lock(sequential)
+
+
 def test_a_failing_worker_leaves_the_others_results_and_names_itself(repos, tmp_path):
     sequential, concurrent = repos
     source = tmp_path / "parts"  # a folder dataset: weave and washer as in the demo, grain with a broken image
