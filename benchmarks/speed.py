@@ -48,6 +48,8 @@ from uad.runtime import autocast, configure_precision, measure, resolve_device, 
 TOOL = "speed"
 # the feature pass a method's fit caches, by method; other methods are timed on their backbone maps
 IN_METHOD_FEATURES = {"cfa": "patch_features", "dfr": "regional_features"}
+
+
 def stage_imports() -> dict[str, list[str]]:
     """Per stage script in stages/: the uad modules it imports (read from its source, so never stale)."""
     out = {}

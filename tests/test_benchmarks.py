@@ -5,6 +5,7 @@ and the side-by-side tool's `ours` path end to end on a tiny MTD-like folder."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 import types
@@ -316,8 +317,6 @@ def test_run_repeats_the_stage_functions_and_reports_their_closeness(tmp_path):
 def test_stages_without_a_model_start_without_pytorch():
     """Start-up: only train and evaluate need PyTorch; every other stage's imports leave it out
     (a fresh interpreter per stage, as DVC starts them; the list comes from the stage scripts)."""
-    import subprocess
-
     from benchmarks.speed import stage_imports
 
     imports = stage_imports()

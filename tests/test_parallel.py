@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from uad.parallel import STAGES
+
 from .test_e2e import TINY_PARAMS, _env, copy_repo, dvc, ran, set_params
 
 pytestmark = pytest.mark.e2e
@@ -64,7 +66,7 @@ def test_two_workers_give_the_sequential_outputs_and_lock(repos, tmp_path):
     assert ran(dvc(concurrent, "repro")) == set()  # nothing left to run
     timings = json.loads((tmp_path / "t.json").read_text())
     assert {(r["category"], r["stage"]) for r in timings["stages"]} == {
-        (c, s) for c in ("weave", "washer") for s in ("prepare", "train", "evaluate", "render")}
+        (c, s) for c in ("weave", "washer") for s in STAGES}
     # a second parallel run finds every stage up to date
     again = parallel(concurrent, "--jobs", "2")
     assert again.returncode == 0 and " ran in " not in again.stdout
@@ -83,7 +85,7 @@ def test_hosts_sharing_a_cache_fan_in_from_the_run_cache(repos, tmp_path_factory
     assert "download" in ran(dvc(hosts[0], "repro", "download"))  # the shared stages, once
     for host, category in zip(hosts, ("weave", "washer")):
         assert "download" not in ran(dvc(host, "repro", "download"))
-        for stage in ("prepare", "train", "evaluate", "render"):
+        for stage in STAGES:
             assert ran(dvc(host, "repro", "--single-item", f"{stage}@{category}")) == {f"{stage}@{category}"}
     fan_in = dvc(hosts[2], "repro")
     assert ran(fan_in) == {"report"}, fan_in
