@@ -48,6 +48,7 @@ from uad.runtime import autocast, configure_precision, measure, resolve_device, 
 TOOL = "speed"
 # the feature pass a method's fit caches, by method; other methods are timed on their backbone maps
 IN_METHOD_FEATURES = {"cfa": "patch_features", "dfr": "regional_features"}
+SPEC_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4}  # dense bf16 tensor-core peak of the SXM cards' data sheets
 
 
 def stage_imports() -> dict[str, list[str]]:
@@ -118,14 +119,56 @@ def method_params(method: str, precision: str, args: argparse.Namespace) -> dict
     return harness.scale_epochs(params, args.epochs_scale, [method])
 
 
+def matmul_bf16_tflops(device: torch.device, n: int = 8192, repeat: int = 20) -> float:
+    """Dense bf16 matmul throughput this device reaches (n x n x n): the achievable peak the floor uses."""
+    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
+    t = harness.timed(lambda: a @ b, device, repeat, warmup=3)
+    return 2 * n**3 / t.seconds / 1e12
+
+
+def dfr_step_flops(model: AnomalyMethod, images: np.ndarray) -> tuple[int, tuple[int, ...]]:
+    """FLOPs of one DFR training step (the autoencoder's forward and backward on one training batch, as
+    torch's FlopCounterMode counts them: convolutions and matmuls, at the padded widths that run) and
+    the batch's shape. Elementwise work (batch norm, ReLU, casts, loss, Adam) is what the floor leaves out."""
+    from torch.utils.flop_counter import FlopCounterMode
+    import torch.nn.functional as F
+
+    grid = model.regional_features(images[:1]).shape[-2:]
+    shape = (model.params.batch_size, model.channels, *grid)
+    x = torch.zeros(shape, device=model.device)
+    was_training = model.cae.training
+    model.cae.train()
+    with FlopCounterMode(display=False) as counter:
+        with autocast(model.precision, model.device):
+            recon = model.cae(x)
+        F.mse_loss(recon.float(), x).backward()
+    model.cae.train(was_training)
+    model.cae.zero_grad(set_to_none=True)
+    return counter.get_total_flops(), tuple(shape)
+
+
+def training_step_floor(model: AnomalyMethod, images: np.ndarray, steady_epoch_s: float,
+                        peak_tflops: float) -> dict[str, Any]:
+    """A steady training step against its FLOP floor (the step's FLOPs at `peak_tflops`)."""
+    flops, shape = dfr_step_flops(model, images)
+    steps = -(-len(images) // model.params.batch_size)
+    step_s = steady_epoch_s / steps
+    floor_s = flops / (peak_tflops * 1e12)
+    return {"batch_shape": list(shape), "flops_per_step": flops, "steps_per_epoch": steps,
+            "step_ms": round(step_s * 1e3, 4), "peak_tflops": round(peak_tflops, 1),
+            "floor_ms": round(floor_s * 1e3, 4), "achieved_tflops": round(flops / step_s / 1e12, 1),
+            "step_over_floor": round(step_s / floor_s, 2)}
+
+
 def in_method_features(model: AnomalyMethod) -> tuple[str, Callable[[np.ndarray], Any]]:
     name = IN_METHOD_FEATURES.get(model.name, "features")
     return name, getattr(model, name)
 
 
 def measure_method(params: dict[str, Any], category: str, prepared: Path, work: Path, device: torch.device,
-                   profile: bool) -> dict[str, Any]:
-    """Every phase of one method on one category: fit, in-method features, scoring, render."""
+                   profile: bool, peak_tflops: float | None = None) -> dict[str, Any]:
+    """Every phase of one method on one category: fit, in-method features, scoring, render; for DFR with
+    `peak_tflops` (bf16), its steady training step against the step's FLOP floor."""
     cfg = harness.config(params)
     train, test = load_split(prepared, "train"), load_split(prepared, "test")
     bs = cfg.evaluate.batch_size
@@ -164,6 +207,8 @@ def measure_method(params: dict[str, Any], category: str, prepared: Path, work: 
         "score_peak_memory_mb": round(score.peak_memory_mb, 1),
         "render_s": round(render_s, 2), "render_frames": frames,
     }
+    if model.name == "dfr" and peak_tflops and entry["fit_steady_epoch_s"]:
+        entry["training_step"] = training_step_floor(model, train.images, entry["fit_steady_epoch_s"], peak_tflops)
     if profile and device.type == "cuda":
         entry["score_profile"] = profile_kernels(lambda: model.score(test.images, bs))
         if harness.has_param(cfg.model, "epochs"):
@@ -232,13 +277,21 @@ def main(argv: Sequence[str] | None = None) -> Path:
         harness.write_report(out, report)
     if not args.skip_startup:
         report["startup_s"] = startup_seconds()
+    peak = None
+    if "bf16" in args.precisions:
+        gpu = device.type == "cuda"
+        peak = matmul_bf16_tflops(device, n=8192 if gpu else 512, repeat=20 if gpu else 2)
+        name = torch.cuda.get_device_name(device) if gpu else ""
+        report["bf16_peak"] = {"matmul_tflops": round(peak, 1),
+                               "spec_tflops": next((v for k, v in SPEC_BF16_TFLOPS.items() if k in name), None)}
     report["methods"] = {}
     for method in args.methods:
         for precision in args.precisions:
             params = method_params(method, precision, args)
             configure_precision(precision, device)
             for cat in args.categories:
-                entry = measure_method(params, cat, prepared / cat, args.workdir, device, args.profile)
+                entry = measure_method(params, cat, prepared / cat, args.workdir, device, args.profile,
+                                       peak if precision == "bf16" else None)
                 entry["params"] = params[method]
                 report["methods"][f"{method}/{precision}/{cat}"] = entry
                 print(f"{method} {precision} {cat}: fit {entry['fit_s']} s, scoring {entry['score_images_per_s']} "

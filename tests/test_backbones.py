@@ -8,7 +8,7 @@ from PIL import Image
 
 import dataclasses
 
-from uad import methods
+from uad import architectures, methods
 from uad import weights as weights_mod
 from uad import zoo
 from uad.backbones import FeatureExtractor, to_input
@@ -59,6 +59,41 @@ def test_conversion_maps_every_key_with_matching_shapes():
     assert torch.equal(converted["blocks.0.0.conv_pw.weight"], raw["_blocks.0._project_conv.weight"])
     assert torch.equal(converted["blocks.6.0.bn3.running_var"], raw["_blocks.15._bn2.running_var"])
     assert torch.equal(converted["bn2.weight"], raw["_bn1.weight"])
+
+
+@pytest.mark.parametrize("backbone", sorted(zoo.BACKBONES))
+def test_architecture_is_timms_module_for_module_and_bit_for_bit(backbone):
+    """`uad.architectures` replaces timm in the stages: same module paths, the same state-dict keys in
+    the same order (weight fingerprints and layer names unchanged), the same input normalisation and
+    exactly the same features, at an even and at an odd input size (TensorFlow "same" padding)."""
+    info = zoo.BACKBONES[backbone]
+    reference = timm.create_model(info.arch).eval()
+    ours = architectures.build(info.arch).eval()
+    keys = list(ours.state_dict())
+    assert keys == [k for k in reference.state_dict() if k in set(keys)]
+    assert not {k for k in reference.state_dict() if k not in set(keys)} - {k for k in reference.state_dict()
+                                                                            if k.startswith(("classifier.", "fc.",
+                                                                                             "head.", "pre_logits."))}
+    names = [n for n, _ in ours.named_modules()]
+    assert names == [n for n, _ in reference.named_modules() if n in set(names)]
+    assert (info.mean, info.std) == (tuple(reference.pretrained_cfg["mean"]), tuple(reference.pretrained_cfg["std"]))
+    ours.load_state_dict({k: v for k, v in reference.state_dict().items() if k in set(keys)})
+    torch.manual_seed(0)
+    for size in ((64, 64), (67, 45)):
+        x = torch.randn(2, 3, *size)
+        with torch.no_grad():
+            expected = reference.features(x) if info.family == "vgg" else reference.forward_features(x)
+            torch.testing.assert_close(ours(x), expected, rtol=0, atol=0)
+
+
+def test_building_a_backbone_leaves_the_seeded_rng_alone():
+    """A method's own initialisation (DFR's autoencoder, CFA's descriptor) depends on the seed only,
+    not on which backbone was built before it."""
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    FeatureExtractor("resnet18", ["layer1"], pretrained=False)
+    assert torch.equal(torch.rand(3), expected)
 
 
 def _default_layers() -> list[tuple[str, str, tuple[str, ...]]]:
@@ -128,17 +163,15 @@ def test_explicit_weights_file_is_used_and_must_cover_the_layers(tmp_path):
 
 
 def test_missing_weights_never_fall_back_to_random(monkeypatch):
-    class OfflineTimm:
-        @staticmethod
-        def create_model(name, pretrained=False, **kwargs):
-            raise OSError("offline")
+    def offline_hub(info):
+        raise OSError("offline")
 
     def no_package(name):
         raise ImportError(name)
 
     model = timm.create_model("tf_efficientnet_lite0")
     monkeypatch.setattr(weights_mod, "_package_file", no_package)
-    monkeypatch.setattr(weights_mod, "timm", OfflineTimm)
+    monkeypatch.setattr(weights_mod, "_hub_state", offline_hub)
     with pytest.raises(WeightsError) as info:
         load_weights(model, zoo.BACKBONES["tf_efficientnet_lite0"])
     message = str(info.value)

@@ -315,8 +315,10 @@ def test_run_repeats_the_stage_functions_and_reports_their_closeness(tmp_path):
 
 
 def test_stages_without_a_model_start_without_pytorch():
-    """Start-up: only train and evaluate need PyTorch; every other stage's imports leave it out
-    (a fresh interpreter per stage, as DVC starts them; the list comes from the stage scripts)."""
+    """Start-up: only train and evaluate need PyTorch; every other stage's imports leave it out, and no
+    stage imports a model library (timm pulls in torchvision and torch._dynamo): the backbones are
+    `uad.architectures`. A fresh interpreter per stage, as DVC starts them; the list comes from the
+    stage scripts. The times themselves are `benchmarks.speed`'s (startup_s)."""
     from benchmarks.speed import stage_imports
 
     imports = stage_imports()
@@ -327,3 +329,27 @@ def test_stages_without_a_model_start_without_pytorch():
                                     capture_output=True, text=True, check=True).stdout.strip()
               for stage, mods in imports.items()}
     assert {s for s, mods in loaded.items() if mods != "[]"} == {"train", "evaluate"}, loaded
+    assert loaded["train"] == loaded["evaluate"] == "['torch']", loaded
+
+
+def test_dfr_step_floor_counts_the_autoencoders_convolutions(prepared):
+    """The FLOP floor of DFR's training step: forward (2 FLOPs per multiply-add of every 1x1 convolution,
+    at the padded widths that run), the weight gradients of all six and the input gradients of all but
+    the first (its input, the features, needs none)."""
+    from benchmarks.speed import training_step_floor
+
+    cfg = tiny_config(model="dfr", dfr={"latent_dim": 5, "epochs": 1, "batch_size": 3})
+    model = create(cfg)
+    images = load_split(prepared, "train").images
+    model.fit(images, seed_everything(0), batch_size=8)
+    got = training_step_floor(model, images, steady_epoch_s=0.5, peak_tflops=2.0)
+    b, c, h, w = got["batch_shape"]
+    assert (b, c) == (3, model.channels)
+    widths = [conv.in_channels for conv in model.cae.modules() if isinstance(conv, torch.nn.Conv2d)] + [c]
+    macs = [widths[i] * widths[i + 1] for i in range(6)]
+    assert got["flops_per_step"] == 2 * b * h * w * (3 * sum(macs) - macs[0])
+    steps = -(-len(images) // 3)
+    assert got["steps_per_epoch"] == steps
+    assert got["floor_ms"] == pytest.approx(got["flops_per_step"] / 2e12 * 1e3, rel=1e-3)
+    assert got["step_over_floor"] == pytest.approx(0.5 / steps / (got["flops_per_step"] / 2e12), rel=1e-2)
+    assert all(p.grad is None for p in model.cae.parameters())  # counting leaves no gradients behind

@@ -1,6 +1,7 @@
-"""Frozen timm backbones that return the outputs of named layers.
+"""Frozen backbones that return the outputs of named layers.
 
-Layers are module paths of the timm model (`layer2`, `features.26`,
+The networks come from `uad.architectures` (timm's layouts in plain PyTorch, so a
+stage does not import a model library). Layers are module paths of the model (`layer2`, `features.26`,
 `blocks.3.1`). The extractor keeps only the part of the network up to the last
 requested layer (a "trunk" of the model's top-level modules, nested
 `nn.Sequential`s flattened where a layer lies inside) and captures the
@@ -16,12 +17,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from uad import zoo
+from uad import architectures, zoo
 from uad.errors import ConfigError, shorten
 from uad.weights import fingerprint, load_weights
 
@@ -54,7 +54,8 @@ class FeatureExtractor(nn.Module):
         if backbone not in zoo.BACKBONES:
             raise ConfigError(f"unknown backbone {backbone!r}; choose one of {sorted(zoo.BACKBONES)}")
         info = zoo.BACKBONES[backbone]
-        model = timm.create_model(info.arch, pretrained=False)
+        with torch.random.fork_rng(devices=[]):  # the backbone's initialisation leaves the seeded RNG alone
+            model = architectures.build(info.arch)
         names = dict(model.named_modules())
         unknown = [lay for lay in layers if lay not in names]
         if unknown:
@@ -71,10 +72,9 @@ class FeatureExtractor(nn.Module):
         self.step_paths = kept
         self.layers = list(layers)
         self.backbone = backbone
-        cfg = model.pretrained_cfg
         # the input normalisation is part of a saved model (its state), like the weights
-        self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(cfg["std"]).view(1, 3, 1, 1))
+        self.register_buffer("mean", torch.tensor(info.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(info.std).view(1, 3, 1, 1))
         for m in self.modules():  # captured outputs must not be overwritten by in-place activations
             if hasattr(m, "inplace"):
                 m.inplace = False

