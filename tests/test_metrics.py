@@ -88,6 +88,34 @@ def test_regions_are_eight_connected_and_numbered_across_images():
     assert regions[0, 4, 4] == 2 and regions[1, 2, 2] == 3
 
 
+@pytest.mark.parametrize("density", [0.05, 0.3, 0.6, 0.9])
+def test_regions_equal_scipys_labels_numbered_image_by_image(density):
+    """Exactly scipy.ndimage.label's numbering (3x3 structure), offset image by image, on random masks:
+    snakes, diagonal chains and regions touching every border included."""
+    rng = np.random.default_rng(int(density * 100))
+    masks = (rng.random((6, 37, 53)) < density).astype(np.uint8)
+    masks[1] = 0  # an empty mask
+    masks[2, :, 5] = 1  # a column touching two borders
+    masks[3] = np.eye(37, 53, dtype=np.uint8)  # one diagonal chain
+    expected, offset = np.zeros(masks.shape, np.int64), 0
+    for i, mask in enumerate(masks):
+        labels, n = scipy.ndimage.label(mask, structure=np.ones((3, 3)))
+        expected[i] = np.where(labels > 0, labels + offset, 0)
+        offset += n
+    np.testing.assert_array_equal(metrics.label_regions(masks), expected)
+    assert not metrics.label_regions(np.zeros((2, 4, 4), np.uint8)).any()
+
+
+def test_a_long_snake_is_one_region():
+    """The worst case for merging by rounds: one 1-pixel-wide path winding through the whole mask."""
+    mask = np.zeros((1, 41, 41), np.uint8)
+    mask[0, ::2, :] = 1
+    mask[0, 1::4, -1] = 1
+    mask[0, 3::4, 0] = 1
+    regions = metrics.label_regions(mask)
+    assert set(np.unique(regions)) == {0, 1}
+
+
 def reference_aupro(maps: np.ndarray, masks: np.ndarray, limit: float) -> float:
     """Independent PRO: sweep every distinct threshold, overlap per region, trapezoid up to `limit`."""
     regions = []
