@@ -17,7 +17,7 @@ import yaml
 from uad.artifacts import ArtifactError
 from uad.metrics import quality_path
 from uad.plots import (BY_NAME, CHARTS, PAGE_TEMPLATE, PLACEHOLDERS, TEMPLATES_DIR, chart_spec, main, page_template,
-                       plot_data, write_plots, write_pngs, write_template)
+                       plot_data, render_png, write_plots, write_pngs, write_template)
 
 from .conftest import REPO, tiny_config
 
@@ -140,6 +140,23 @@ def test_pngs_are_written_readable_and_the_same_for_the_same_data(tmp_path):
 @pytest.fixture(scope="session")
 def page() -> str:
     return page_template()
+
+
+def test_a_missing_vl_convert_is_a_one_line_error(monkeypatch):
+    import builtins
+
+    from uad.errors import UadError
+
+    real_import = builtins.__import__
+
+    def no_vl_convert(name, *args, **kwargs):
+        if name == "vl_convert":
+            raise ModuleNotFoundError("No module named 'vl_convert'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_vl_convert)
+    with pytest.raises(UadError, match=r"need vl-convert-python, which is not installed \(pip install"):
+        render_png({"mark": "point"})
 
 
 def test_page_template_bundles_vega_and_loads_nothing(page, tmp_path):

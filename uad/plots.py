@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from uad import methods
 from uad.artifacts import CURVES_FILE, LOSS_FILE, atomic_path, read_json, write_json
+from uad.errors import UadError
 from uad.metrics import quality_path
 
 if TYPE_CHECKING:
@@ -138,7 +139,11 @@ def empty_spec(chart: Chart, note: str) -> dict:
 
 def render_png(spec: dict) -> bytes:
     """PNG of a Vega-Lite spec, drawn in-process by vl-convert with no network access."""
-    import vl_convert
+    try:
+        import vl_convert
+    except ImportError:  # a declared dependency, absent where the environment was assembled by hand
+        raise UadError("the report's PNG charts need vl-convert-python, which is not installed "
+                       "(pip install vl-convert-python)") from None
 
     return vl_convert.vegalite_to_png(spec, vl_version=VEGA_LITE, scale=PNG_SCALE, allowed_base_urls=[])
 
