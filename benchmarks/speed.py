@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from benchmarks import harness, synthetic
 from uad import methods
@@ -131,7 +132,6 @@ def dfr_step_flops(model: AnomalyMethod, images: np.ndarray) -> tuple[int, tuple
     torch's FlopCounterMode counts them: convolutions and matmuls, at the padded widths that run) and
     the batch's shape. Elementwise work (batch norm, ReLU, casts, loss, Adam) is what the floor leaves out."""
     from torch.utils.flop_counter import FlopCounterMode
-    import torch.nn.functional as F
 
     grid = model.regional_features(images[:1]).shape[-2:]
     shape = (model.params.batch_size, model.channels, *grid)
@@ -278,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     if not args.skip_startup:
         report["startup_s"] = startup_seconds()
     peak = None
-    if "bf16" in args.precisions:
+    if "bf16" in args.precisions and "dfr" in args.methods:  # the floor of DFR's training step needs it
         gpu = device.type == "cuda"
         peak = matmul_bf16_tflops(device, n=8192 if gpu else 512, repeat=20 if gpu else 2)
         name = torch.cuda.get_device_name(device) if gpu else ""

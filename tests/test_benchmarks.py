@@ -317,8 +317,9 @@ def test_run_repeats_the_stage_functions_and_reports_their_closeness(tmp_path):
 def test_stages_without_a_model_start_without_pytorch():
     """Start-up: only train and evaluate need PyTorch; every other stage's imports leave it out, and no
     stage imports a model library (timm pulls in torchvision and torch._dynamo: the backbones are
-    `uad.architectures`), SciPy (regions are labelled in NumPy), torchmetrics or matplotlib. A fresh interpreter per stage, as DVC starts them; the list comes from the
-    stage scripts. The times themselves are `benchmarks.speed`'s (startup_s)."""
+    `uad.architectures`), SciPy (regions are labelled in NumPy), torchmetrics or matplotlib. A fresh
+    interpreter per stage, as DVC starts them; the list comes from the stage scripts. The times
+    themselves are `benchmarks.speed`'s (startup_s)."""
     from benchmarks.speed import stage_imports
 
     imports = stage_imports()
