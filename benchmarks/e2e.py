@@ -11,13 +11,18 @@ on, the stages' imports run once first (as `pip install` would have compiled the
 
 `--jobs N` runs each method through `python -m uad.parallel --jobs N --gpus ...` instead (the
 categories' stages concurrently, through DVC), recording its per-stage timings; `--sample-gpu`
-records the GPUs' utilisation every half second (nvidia-smi) during each run.
+records the GPUs' utilisation every half second (nvidia-smi) during each run. `--methods-at-once`
+runs the methods' pipelines at the same time, each in its own copy of the project (one
+params.yaml names one model), so that one method's CPU-bound stages overlap the other's GPU work.
+`--data DIR` keeps the generated categories in DIR and reuses them when DIR already holds the
+same categories and scale (`--generate-only` makes them and stops).
 
 GPU:
 
     python3 -m benchmarks.e2e --methods dfr --set precision=bf16
     python3 -m benchmarks.e2e --methods cfa --set precision=bf16
     python3 -m benchmarks.e2e --methods dfr cfa --set precision=bf16 --jobs 3 --gpus 0 --sample-gpu
+    python3 -m benchmarks.e2e --methods cfa dfr --set precision=bf16 --jobs 4 --gpus 0 --methods-at-once
 
 CPU smoke:
 
@@ -38,6 +43,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -178,11 +184,23 @@ def main(argv: Sequence[str] | None = None) -> Path:
                     help="run the categories concurrently: python -m uad.parallel --jobs N (0: plain dvc repro)")
     ap.add_argument("--gpus", default="", help="GPUs for the concurrent jobs (uad.parallel --gpus), e.g. 0 or 0,1,2,3")
     ap.add_argument("--sample-gpu", action="store_true", help="record nvidia-smi utilisation during each run")
+    ap.add_argument("--methods-at-once", action="store_true",
+                    help="run the methods' pipelines at the same time, each in its own project copy")
+    ap.add_argument("--data", type=Path, default=None,
+                    help="where the generated categories live (default: WORKDIR/raw); reused when it holds the "
+                         "same categories and scale")
+    ap.add_argument("--generate-only", action="store_true", help="generate the categories (into --data) and stop")
     args = ap.parse_args(argv)
     work = args.workdir.resolve()
+    raw = (args.data or work / "raw").resolve()
     if work.exists():
-        shutil.rmtree(work)
-    raw, project = work / "raw", work / "project"
+        for child in work.iterdir():  # everything but the data, which may be reused below
+            if child != raw and child not in raw.parents and raw not in child.parents:
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    generated = generate(raw, args.categories, args.scale)
+    if args.generate_only:
+        print(f"{raw}: {generated['images']} images", flush=True)
+        return raw
 
     def params_of(method: str) -> tuple[dict[str, Any], str]:
         """The method's params.yaml contents and the `python -m uad.preset` arguments that build them."""
@@ -202,39 +220,75 @@ def main(argv: Sequence[str] | None = None) -> Path:
     report: dict[str, Any] = {
         **harness.header(TOOL, __doc__.splitlines()[0], device, commit=args.commit, packages=("dvc", "dvclive")),
         "categories": args.categories, "scale": args.scale, "epochs_scale": args.epochs_scale, "sets": args.set,
-        "weights": "random (speed does not depend on them)",
+        "weights": "random (speed does not depend on them)", "methods_at_once": args.methods_at_once,
         # every stage is a fresh interpreter: without bytecode caches each one compiles torch, timm and
         # torchmetrics from source (some GPU images set PYTHONDONTWRITEBYTECODE=1)
         "bytecode_caches": not sys.flags.dont_write_bytecode, "pycache_prefix": os.environ.get("PYTHONPYCACHEPREFIX")}
     if not sys.flags.dont_write_bytecode:
         report["warm_caches_s"] = warm_caches()
-    report["generate_s"] = synthetic.generate(raw, args.categories, args.scale)
-    report["images"] = sum(1 for p in raw.rglob("*.png") if "ground_truth" not in p.parts)
-    print(f"generated {report['images']} images in {report['generate_s']} s", flush=True)
-    make_project(project)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(project), os.environ.get("PYTHONPATH", "")]),
-           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),  # stages run `python`
-           "TQDM_DISABLE": "1"}
-    report["runs"] = {}
-    for method in args.methods:
+    report["generate_s"], report["images"] = generated["seconds"], generated["images"]
+    report["data_reused"] = generated["reused"]
+    print(f"{report['images']} images ({'reused' if generated['reused'] else 'generated'} in "
+          f"{report['generate_s']} s)", flush=True)
+
+    def run_method(method: str) -> dict[str, Any]:
+        project = work / (f"project_{method}" if args.methods_at_once else "project")
+        if project.exists():
+            shutil.rmtree(project)
+        make_project(project)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(project), os.environ.get("PYTHONPATH", "")]),
+               "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),  # stages run `python`
+               "TQDM_DISABLE": "1"}
         params, command = params_of(method)
         (project / "params.yaml").write_text(render(params, command))
-        sampler = GpuSampler(work / f"gpu_{method}.csv") if args.sample_gpu else contextlib.nullcontext()
+        sampler = (GpuSampler(work / f"gpu_{method}.csv") if args.sample_gpu and not args.methods_at_once
+                   else contextlib.nullcontext())
+        start = time.perf_counter()
         with sampler:
             run = parallel_repro(project, env, args.jobs, args.gpus) if args.jobs else repro(project, env)
-        if args.sample_gpu:
+        run["ended_s"] = round(time.perf_counter() - start, 2)
+        if isinstance(sampler, GpuSampler):
             run["gpu_utilisation"] = sampler.summary()
         run["params"] = {k: params[k] for k in ("model", "precision", "image_size", "device", method)}
         run["in_process"] = {cat: {**json.loads(fit_path(method, cat, project / "metrics").read_text()),
                                    **json.loads(perf_path(method, cat, project / "metrics").read_text())}
                              for cat in args.categories}
-        report["runs"][method] = run
-        harness.write_report(out, report)
         print(f"{method}: {run['wall_s']} s, by stage kind {run['by_stage_kind_s']}", flush=True)
-    report["total_wall_s"] = round(sum(r["wall_s"] for r in report["runs"].values()), 2)
+        return run
+
+    report["runs"] = {}
+    if args.methods_at_once:
+        sampler = GpuSampler(work / "gpu_all.csv") if args.sample_gpu else contextlib.nullcontext()
+        start = time.perf_counter()
+        with sampler, ThreadPoolExecutor(len(args.methods)) as pool:
+            runs = dict(zip(args.methods, pool.map(run_method, args.methods)))
+        report["runs"] = runs
+        report["total_wall_s"] = round(time.perf_counter() - start, 2)  # all methods together, start to end
+        if isinstance(sampler, GpuSampler):
+            report["gpu_utilisation"] = sampler.summary()
+    else:
+        for method in args.methods:
+            report["runs"][method] = run_method(method)
+            harness.write_report(out, report)
+        report["total_wall_s"] = round(sum(r["wall_s"] for r in report["runs"].values()), 2)
     harness.write_report(out, report)
     print(f"wrote {out}: {report['total_wall_s']} s in all", flush=True)
     return out
+
+
+def generate(raw: Path, categories: Sequence[str], scale: float) -> dict[str, Any]:
+    """The categories in MVTec layout under `raw`, generated unless its manifest says they are there."""
+    manifest = raw / "generated.json"
+    want = {"categories": sorted(categories), "scale": scale}
+    if manifest.exists() and json.loads(manifest.read_text()).get("request") == want:
+        return {**json.loads(manifest.read_text()), "reused": True}
+    if raw.exists():
+        shutil.rmtree(raw)
+    seconds = synthetic.generate(raw, categories, scale)
+    images = sum(1 for p in raw.rglob("*.png") if "ground_truth" not in p.parts)
+    record = {"request": want, "seconds": seconds, "images": images}
+    manifest.write_text(json.dumps(record))  # last: an interrupted generation is not reused
+    return {**record, "reused": False}
 
 
 if __name__ == "__main__":

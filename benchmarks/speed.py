@@ -129,18 +129,18 @@ def matmul_bf16_tflops(device: torch.device, n: int = 8192, repeat: int = 20) ->
 
 def dfr_step_flops(model: AnomalyMethod, images: np.ndarray) -> tuple[int, tuple[int, ...]]:
     """FLOPs of one DFR training step (the autoencoder's forward and backward on one training batch, as
-    torch's FlopCounterMode counts them: convolutions and matmuls, at the padded widths that run) and
+    torch's FlopCounterMode counts them: its 1x1 convolutions run as matmuls, at the padded widths) and
     the batch's shape. Elementwise work (batch norm, ReLU, casts, loss, Adam) is what the floor leaves out."""
     from torch.utils.flop_counter import FlopCounterMode
 
     grid = model.regional_features(images[:1]).shape[-2:]
     shape = (model.params.batch_size, model.channels, *grid)
-    x = torch.zeros(shape, device=model.device)
+    x = torch.zeros(shape[0] * grid[0] * grid[1], shape[1], device=model.device)  # one row per region, as fit
     was_training = model.cae.training
     model.cae.train()
     with FlopCounterMode(display=False) as counter:
         with autocast(model.precision, model.device):
-            recon = model.cae(x)
+            recon = model.cae.rows(x)
         F.mse_loss(recon.float(), x).backward()
     model.cae.train(was_training)
     model.cae.zero_grad(set_to_none=True)

@@ -355,3 +355,27 @@ def test_dfr_step_floor_counts_the_autoencoders_convolutions(prepared):
     assert got["floor_ms"] == pytest.approx(got["flops_per_step"] / 2e12 * 1e3, rel=1e-3)
     assert got["step_over_floor"] == pytest.approx(0.5 / steps / (got["flops_per_step"] / 2e12), rel=1e-2)
     assert all(p.grad is None for p in model.cae.parameters())  # counting leaves no gradients behind
+
+
+def test_e2e_runs_the_methods_at_once_in_their_own_projects_and_reuses_its_data(tmp_path):
+    """`--methods-at-once`: each method's pipeline in its own project copy, started together, each
+    complete (dvc.lock records its train stage); `--data` keeps the generated categories for the next run."""
+    from benchmarks import e2e
+
+    tiny = ["--categories", "toothbrush", "--scale", "0.05", "--epochs-scale", "0.01", "--set", "image_size=64",
+            "--data", str(tmp_path / "data"), "--workdir", str(tmp_path / "work")]
+    out = e2e.main([*tiny, "--methods", "cfa", "dfr", "--methods-at-once", "--jobs", "1",
+                    "--out", str(tmp_path / "both.json")])
+    report = json.loads(out.read_text())
+    assert report["methods_at_once"] and not report["data_reused"] and report["images"] == 6
+    assert set(report["runs"]) == {"cfa", "dfr"}
+    for method, run_ in report["runs"].items():
+        assert "train@toothbrush" in (tmp_path / "work" / f"project_{method}" / "dvc.lock").read_text()
+        assert run_["in_process"]["toothbrush"]["fit_seconds"] > 0
+    ended = [r["ended_s"] for r in report["runs"].values()]
+    assert max(ended) <= report["total_wall_s"] < sum(ended)  # they overlapped
+    stamp = (tmp_path / "data" / "toothbrush" / "train" / "good" / "000.png").stat().st_mtime_ns
+    assert e2e.main([*tiny, "--generate-only"]) == (tmp_path / "data").resolve()
+    assert (tmp_path / "data" / "toothbrush" / "train" / "good" / "000.png").stat().st_mtime_ns == stamp
+    assert not (tmp_path / "work" / "project_cfa").exists()  # a new run starts from a clean workdir
+    assert e2e.generate(tmp_path / "data", ["toothbrush"], 0.1)["reused"] is False  # another scale: regenerated

@@ -1,5 +1,7 @@
 """DFR's own pieces; what every method must do is in test_methods.py."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -55,6 +57,23 @@ def test_cae_follows_the_paper_sizes():
     assert isinstance(cae.encoder[-1], torch.nn.Conv2d) and isinstance(cae.decoder[-1], torch.nn.Conv2d)
 
 
+def test_cae_applies_its_modules_as_matmuls_over_rows():
+    """`rows` (what training and scoring run) computes what the Conv2d / BatchNorm2d modules compute on
+    maps, in train mode (batch statistics, running statistics and their counter) and in eval mode."""
+    torch.manual_seed(0)
+    cae = FeatCAE(24, 5).double()
+    reference = copy.deepcopy(cae)
+    x = torch.randn(3, 24, 5, 7, dtype=torch.float64).to(memory_format=torch.channels_last)
+    for train in (True, False):
+        cae.train(train), reference.train(train)
+        out = cae(x)
+        torch.testing.assert_close(out, reference.decoder(reference.encoder(x)), rtol=1e-12, atol=1e-12)
+        assert out.shape == x.shape and out.is_contiguous(memory_format=torch.channels_last)
+        for name, buffer in reference.named_buffers():
+            torch.testing.assert_close(dict(cae.named_buffers())[name], buffer, rtol=1e-12, atol=0, msg=name)
+    assert int(cae.encoder[1].num_batches_tracked) == 1
+
+
 def _train(cae: FeatCAE, x: torch.Tensor, steps: int, weight_decay: float) -> torch.Tensor:
     optim = torch.optim.Adam(cae.parameters(), lr=1e-2, weight_decay=weight_decay)
     for i in range(steps):
@@ -97,10 +116,9 @@ def test_pca_dimension_counts_components_for_the_variance():
     # variances 100, 50, 25, then 0.1 each: three components hold > 90 %
     scales = torch.tensor([10.0, 7.07, 5.0] + [0.316] * 17)
     x = (torch.randn(4000, 20, generator=g) * scales) @ basis.T
-    feats = x.T.reshape(1, 20, 40, 100)
-    assert pca_dimension(feats, 0.9) == 3
-    assert pca_dimension(feats, 0.5) == 1
-    assert pca_dimension(feats, 1.0) == 20
+    assert pca_dimension(x, 0.9) == 3
+    assert pca_dimension(x, 0.5) == 1
+    assert pca_dimension(x, 1.0) == 20
 
 
 def test_pca_dimension_follows_sklearns_rule():
@@ -111,12 +129,11 @@ def test_pca_dimension_follows_sklearns_rule():
     g = torch.Generator().manual_seed(1)
     for scale in (torch.logspace(0, -2, 30), torch.linspace(1, 0.1, 30)):
         x = torch.randn(3000, 30, generator=g, dtype=torch.float64) * scale
-        feats = x.T.reshape(1, 30, 30, 100)
         for variance in (0.5, 0.8, 0.9, 0.95):
-            assert pca_dimension(feats, variance) == PCA(n_components=variance).fit(x.numpy()).n_components_
+            assert pca_dimension(x, variance) == PCA(n_components=variance).fit(x.numpy()).n_components_
     # four equal components: exactly 0.5 after two; sklearn takes a third, as we do
     tie = torch.cat([torch.eye(4), -torch.eye(4)]).double() * 3
-    assert pca_dimension(tie.T.reshape(1, 4, 2, 4), 0.5) == 3 == PCA(n_components=0.5).fit(tie.numpy()).n_components_
+    assert pca_dimension(tie, 0.5) == 3 == PCA(n_components=0.5).fit(tie.numpy()).n_components_
 
 
 def fitted(prepared, **overrides):

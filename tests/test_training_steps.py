@@ -99,14 +99,6 @@ def test_cpu_memory_budget_is_half_of_what_is_available():
     assert 0 < budget <= total // 2
 
 
-def test_cudnn_autotune_is_scoped():
-    from uad.runtime import cudnn_autotune
-    before = torch.backends.cudnn.benchmark
-    with cudnn_autotune():
-        assert torch.backends.cudnn.benchmark
-    assert torch.backends.cudnn.benchmark == before
-
-
 @pytest.mark.parametrize("start", [False, True])
 def test_backend_flag_is_restored_also_after_an_error(start):
     from uad.runtime import backend_flag

@@ -74,17 +74,6 @@ def backend_flag(owner: object, name: str, value: bool) -> Iterator[None]:
         setattr(owner, name, previous)
 
 
-def cudnn_autotune() -> contextlib.AbstractContextManager[None]:
-    """cuDNN times its candidate algorithms once per convolution shape instead of guessing.
-
-    For DFR's autoencoder, whose PCA-chosen widths are rarely multiples of 8, the guess is
-    often a slow unaligned kernel (docs/performance.md has the measurement). Other
-    convolutions keep the guess, which costs no start-up time. Backward passes must run
-    inside the block too.
-    """
-    return backend_flag(torch.backends.cudnn, "benchmark", True)
-
-
 def round_up(n: int, multiple: int) -> int:
     """The smallest multiple of `multiple` >= n: tensor cores want channel counts and matmul
     widths in multiples of 8 (bf16) or 4 (tf32), else the GPU picks slow unaligned kernels."""

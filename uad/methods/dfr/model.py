@@ -22,7 +22,7 @@ from tqdm import tqdm
 from uad.methods.base import AnomalyMethod, EpochLog, FitInfo
 from uad.methods.dfr.params import Params
 from uad.methods.fitting import TrainingFeatures, TrainingSteps
-from uad.runtime import autocast, cudnn_autotune, round_up, storage_dtype
+from uad.runtime import autocast, round_up, storage_dtype
 
 
 def resize_matrix(n_in: int, n_out: int) -> torch.Tensor:
@@ -119,17 +119,46 @@ class FeatCAE(nn.Module):
         self.decoder = nn.Sequential(*blocks[3], *blocks[4], *blocks[5])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(x))
+        """(B, C, H, W) -> (B, C, H, W), every position on its own; channels-last in and out.
+
+        A 1x1 convolution is a matmul over positions: the maps are viewed as rows (free for
+        channels-last maps, DFR's regional features) and handed to `rows`.
+        """
+        b, c, h, w = x.shape
+        out = self.rows(x.permute(0, 2, 3, 1).reshape(b * h * w, c))
+        return out.view(b, h, w, -1).permute(0, 3, 1, 2)
+
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        """(M, C) -> (M, C): the autoencoder on M feature vectors, as matmuls on row-major data.
+
+        The modules stay Conv2d and BatchNorm2d (their state-dict keys and shapes are the
+        saved model's), applied as the functions they compute on vectors: a 1x1 convolution
+        is `linear` with the (out, in) view of its weight, and batch norm over (N, H, W) is
+        batch norm over rows, running statistics and their counter updated alike. As rows,
+        the GPU runs every layer as one matmul on the layout it is stored in, with no
+        layout conversion around a convolution.
+        """
+        for m in (*self.encoder, *self.decoder):
+            if isinstance(m, nn.Conv2d):
+                x = F.linear(x, m.weight.flatten(1), m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                if m.training:
+                    m.num_batches_tracked.add_(1)
+                x = F.batch_norm(x, m.running_mean, m.running_var, m.weight, m.bias, m.training, m.momentum,
+                                 m.eps)
+            else:
+                x = m(x)
+        return x
 
 
-def pca_dimension(features: torch.Tensor, variance: float) -> int:
+def pca_dimension(samples: torch.Tensor, variance: float) -> int:
     """Fewest principal components whose explained variance exceeds `variance` (sklearn's
     `PCA(n_components=variance)` rule, which the official code uses: strictly more than).
 
-    `features` is (N, C, H, W); every spatial position is one sample, as in the
-    paper's PCA over regional feature vectors.
+    `samples` is (n, C): one regional feature vector per row, as in the paper's PCA over
+    every position of the training images.
     """
-    x = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]).double()
+    x = samples.double()
     x = x - x.mean(0)
     eig = torch.linalg.eigvalsh(x.T @ x / max(len(x) - 1, 1)).flip(0).clamp_min(0)
     ratio = eig.cumsum(0) / eig.sum()
@@ -167,38 +196,45 @@ class DFR(AnomalyMethod):
         return {"latent_dim": self.latent_dim}
 
     def regional_features(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """(B, C, G, G) in the autocast dtype: bf16 features are not widened to fp32 (twice the bytes)."""
+        """(B, C, G, G) channels-last, in the autocast dtype: bf16 features are not widened to fp32."""
         with torch.no_grad():
             return self.regional(self.features(images, keep_dtype=True))
+
+    def regional_rows(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(B, G*G, C): the regional features as one row per region (a view of the channels-last maps)."""
+        x = self.regional_features(images)
+        return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])
 
     def fit(self, images: np.ndarray, generator: torch.Generator, *, batch_size: int = 16,
             log: EpochLog | None = None) -> FitInfo:
         cfg = self.params
-        feats = TrainingFeatures(images, self.regional_features, storage_dtype(self.precision), batch_size,
-                                 self.device)
+        feats = TrainingFeatures(images, self.regional_rows, storage_dtype(self.precision), batch_size, self.device)
         if cfg.latent_dim == "auto":
-            latent = pca_dimension(torch.cat(list(feats.chunks(cfg.pca_images))).float(), cfg.pca_variance)
+            sample = torch.cat(list(feats.chunks(cfg.pca_images)))
+            latent = pca_dimension(sample.reshape(-1, sample.shape[-1]), cfg.pca_variance)
         else:
             latent = cfg.latent_dim
         self._build_cae(latent)
         assert self.cae is not None
         cae = self.cae
-        optim = torch.optim.Adam(cae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                 capturable=TrainingSteps.graphed_on(self.device))
+        graphed = TrainingSteps.graphed_on(self.device)
+        # on the GPU one fused kernel updates all parameters (the same rule as the multi-kernel
+        # foreach update, one pass over 12 M parameters and their moments instead of several)
+        optim = torch.optim.Adam(cae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, capturable=graphed,
+                                 fused=graphed or None)
 
         def reconstruction_loss(x: torch.Tensor) -> torch.Tensor:
+            """x: (M, C) rows in the storage dtype; the squared error is taken in fp32."""
             with autocast(self.precision, self.device):
-                recon = cae(x)
-            return F.mse_loss(recon.float(), x)
+                recon = cae.rows(x)
+            return F.mse_loss(recon.float(), x.float())
 
         if self.COMPILE_ON_CUDA and self.device.type == "cuda":
             reconstruction_loss = torch.compile(reconstruction_loss, dynamic=False)
 
         def step(index: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            x = feats[index].float()
-            with cudnn_autotune():
-                loss = reconstruction_loss(x)
-                loss.backward()
+            loss = reconstruction_loss(feats[index].flatten(0, 1))
+            loss.backward()
             optim.step()
             return (loss.detach(),)
 
@@ -222,7 +258,7 @@ class DFR(AnomalyMethod):
     def anomaly_maps(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         assert self.cae is not None, "DFR is not fitted"
         x = self.regional_features(images)
-        with cudnn_autotune(), autocast(self.precision, self.device):
+        with autocast(self.precision, self.device):
             recon = self.cae(x)
         # fp32 difference, then one reduction pass: these maps are 3456 channels deep
         err = torch.linalg.vector_norm(recon.float().sub_(x), dim=1, keepdim=True).square_().div_(x.shape[1])
