@@ -29,8 +29,8 @@ class TrainingFeatures:
     once and kept on the device when they fit in half of its free memory (the same
     values as the papers' per-step recomputation). Otherwise only the uint8 images stay
     there and each batch is recomputed: DFR's 3456 channels for 391 images at 256 px
-    are 22 GB in fp32, more than half a 24 GB card. The cache is in the standard
-    (channels-first) layout, which the heads' batched reads prefer.
+    are 22 GB in fp32, more than half a 24 GB card. The cache holds what `compute` returns,
+    in the layout the head trains on (DFR: one row per region), so a batch is one gather.
     """
 
     def __init__(self, images: np.ndarray, compute: Callable[[np.ndarray | torch.Tensor], torch.Tensor],
