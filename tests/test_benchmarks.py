@@ -19,7 +19,7 @@ from PIL import Image
 
 import uad.methods
 import uad.methods.cfa.model
-from benchmarks import anomalib_side_by_side, harness, run, variants
+from benchmarks import anomalib_side_by_side, dfr_step, harness, run, variants
 from benchmarks.variants import IMAGENET_MEAN, IMAGENET_STD, AnomalibLikeCFA, ImageNetNormCFA, RawMemoryCFA
 from uad.data.prepared import load_split
 from uad.methods.base import FitInfo, create, load
@@ -350,6 +350,7 @@ def test_dfr_step_floor_counts_the_autoencoders_convolutions(prepared):
     widths = [conv.in_channels for conv in model.cae.modules() if isinstance(conv, torch.nn.Conv2d)] + [c]
     macs = [widths[i] * widths[i + 1] for i in range(6)]
     assert got["flops_per_step"] == 2 * b * h * w * (3 * sum(macs) - macs[0])
+    assert dfr_step.step_flops(model.cae, b * h * w) == got["flops_per_step"]  # the step benchmark's count
     steps = -(-len(images) // 3)
     assert got["steps_per_epoch"] == steps
     assert got["floor_ms"] == pytest.approx(got["flops_per_step"] / 2e12 * 1e3, rel=1e-3)
@@ -379,3 +380,16 @@ def test_e2e_runs_the_methods_at_once_in_their_own_projects_and_reuses_its_data(
     assert (tmp_path / "data" / "toothbrush" / "train" / "good" / "000.png").stat().st_mtime_ns == stamp
     assert not (tmp_path / "work" / "project_cfa").exists()  # a new run starts from a clean workdir
     assert e2e.generate(tmp_path / "data", ["toothbrush"], 0.1)["reused"] is False  # another scale: regenerated
+
+
+def test_dfr_step_formulations_train_alike(tmp_path):
+    """The step benchmark's two formulations (the library's rows, the NCHW convolutions it replaced)
+    start from the same weights and follow the same losses; on a CPU the steps run eagerly."""
+    out = dfr_step.main(["--images", "2", "--batch", "2", "--grid", "4", "--channels", "24", "--latent", "3",
+                         "--steps", "14", "--precision", "fp32", "--device", "cpu", "--out", str(tmp_path / "s.json")])
+    report = json.loads(out.read_text())
+    conv, rows = report["formulations"]["conv"], report["formulations"]["rows"]
+    assert len(rows["losses"]) == 14 and np.all(np.diff(rows["losses"]) < 0)  # one batch, again and again: it learns
+    np.testing.assert_allclose(rows["losses"], conv["losses"], rtol=1e-5)
+    assert rows["flops_per_step"] == conv["flops_per_step"] > 0 and rows["step_ms"] > 0
+    assert report["tool"] == "dfr_step" and "bf16_matmul_tflops" not in report  # no floor without a GPU

@@ -13,6 +13,8 @@ input-sized intermediate maps, as two batched matmuls on channels-last maps.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -166,11 +168,43 @@ def pca_dimension(samples: torch.Tensor, variance: float) -> int:
     return min(int(torch.searchsorted(ratio, target, right=True).item()) + 1, len(ratio))
 
 
+def adam(cae: FeatCAE, lr: float, weight_decay: float, device: torch.device) -> torch.optim.Adam:
+    """The autoencoder's optimiser. Where steps are replayed as CUDA graphs it is capturable and
+    fused: one kernel updates every parameter (the same rule as the multi-kernel update, one pass
+    over 12 M parameters and their moments instead of several)."""
+    graphed = TrainingSteps.graphed_on(device)
+    return torch.optim.Adam(cae.parameters(), lr=lr, weight_decay=weight_decay, capturable=graphed,
+                            fused=graphed or None)
+
+
+def reconstruction_step(cae: FeatCAE, optim: torch.optim.Optimizer, precision: str, device: torch.device, *,
+                        compiled: bool) -> Callable[[torch.Tensor], tuple[torch.Tensor, ...]]:
+    """One training step on a batch of regional vectors: (M, C) rows in the storage dtype in, the
+    detached fp32 mean squared error out (forward, backward, optimiser step; gradients zeroed by
+    the caller, as `TrainingSteps` does). `compiled`: the forward and loss go through
+    `torch.compile`, which fuses batch norm, ReLU, the casts and the squared error."""
+    def reconstruction_loss(x: torch.Tensor) -> torch.Tensor:
+        with autocast(precision, device):
+            recon = cae.rows(x)
+        return F.mse_loss(recon.float(), x.float())
+
+    if compiled:
+        reconstruction_loss = torch.compile(reconstruction_loss, dynamic=False)
+
+    def step(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        loss = reconstruction_loss(x)
+        loss.backward()
+        optim.step()
+        return (loss.detach(),)
+
+    return step
+
+
 class DFR(AnomalyMethod):
     name = "dfr"
     params: Params
-    # On a GPU the training step's forward and loss are compiled (torch.compile): batch norm, ReLU,
-    # the casts and the squared error fuse into few kernels instead of separate passes over
+    # On a GPU the training step's forward and loss are compiled (`reconstruction_step`): batch norm,
+    # ReLU, the casts and the squared error fuse into few kernels instead of separate passes over
     # activations thousands of channels deep. The compiled step is captured in the CUDA graph
     # like the eager one (tests/test_training_steps.py compares both).
     COMPILE_ON_CUDA: bool = True
@@ -217,26 +251,12 @@ class DFR(AnomalyMethod):
         self._build_cae(latent)
         assert self.cae is not None
         cae = self.cae
-        graphed = TrainingSteps.graphed_on(self.device)
-        # on the GPU one fused kernel updates all parameters (the same rule as the multi-kernel
-        # foreach update, one pass over 12 M parameters and their moments instead of several)
-        optim = torch.optim.Adam(cae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, capturable=graphed,
-                                 fused=graphed or None)
-
-        def reconstruction_loss(x: torch.Tensor) -> torch.Tensor:
-            """x: (M, C) rows in the storage dtype; the squared error is taken in fp32."""
-            with autocast(self.precision, self.device):
-                recon = cae.rows(x)
-            return F.mse_loss(recon.float(), x.float())
-
-        if self.COMPILE_ON_CUDA and self.device.type == "cuda":
-            reconstruction_loss = torch.compile(reconstruction_loss, dynamic=False)
+        optim = adam(cae, cfg.lr, cfg.weight_decay, self.device)
+        train = reconstruction_step(cae, optim, self.precision, self.device,
+                                    compiled=self.COMPILE_ON_CUDA and self.device.type == "cuda")
 
         def step(index: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            loss = reconstruction_loss(feats[index].flatten(0, 1))
-            loss.backward()
-            optim.step()
-            return (loss.detach(),)
+            return train(feats[index].flatten(0, 1))
 
         run = TrainingSteps(step, optim, self.device)
         cae.train()
