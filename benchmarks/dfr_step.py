@@ -19,7 +19,6 @@ With `--profile` the last formulation's kernels are listed per step. On a CPU th
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import harness
+from benchmarks.speed import matmul_bf16_tflops
 from uad.methods.dfr.model import FeatCAE, adam, reconstruction_step
 from uad.methods.fitting import TrainingSteps
 from uad.runtime import autocast, backend_flag, configure_precision, resolve_device, storage_dtype
@@ -101,19 +101,6 @@ def timed_steps(run: Callable[[torch.Tensor], tuple[torch.Tensor, ...]], index: 
     return seconds, losses + [float(x) for x in out]
 
 
-def matmul_tflops(device: torch.device, n: int = 8192, repeats: int = 10) -> float:
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn_like(a)
-    for _ in range(3):
-        a @ b
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    torch.cuda.synchronize()
-    return 2 * n ** 3 * repeats / (time.perf_counter() - start) / 1e12
-
-
 def kernel_profile(run: Callable[[torch.Tensor], Any], index: torch.Tensor, steps: int = 20,
                    top: int = 25) -> list[dict[str, Any]]:
     from torch.profiler import ProfilerActivity, profile
@@ -136,7 +123,7 @@ def measure(formulations: Sequence[str], *, images: int, batch: int, grid: int, 
     result: dict[str, Any] = {"batch": batch, "grid": grid, "channels": channels, "latent": latent,
                               "precision": precision, "steps": steps, "formulations": {}}
     if device.type == "cuda":
-        result["bf16_matmul_tflops"] = round(matmul_tflops(device), 1)
+        result["bf16_matmul_tflops"] = round(matmul_bf16_tflops(device), 1)
     for name in formulations:
         start = time.perf_counter()
         run, cae = build(name, data, latent, precision, device)

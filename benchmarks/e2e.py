@@ -49,6 +49,7 @@ from typing import Any
 
 from benchmarks import harness, synthetic
 from uad import methods
+from uad.artifacts import staged_dir, write_json
 from uad.metrics import fit_path, perf_path
 from uad.preset import render
 from uad.runtime import resolve_device
@@ -193,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     args = ap.parse_args(argv)
     work = args.workdir.resolve()
     raw = (args.data or work / "raw").resolve()
+    if raw == work or raw in work.parents:
+        raise SystemExit(f"--data {raw}: must not be --workdir or hold it (the workdir is emptied first)")
     if work.exists():
         for child in work.iterdir():  # everything but the data, which may be reused below
             if child != raw and child not in raw.parents and raw not in child.parents:
@@ -276,18 +279,42 @@ def main(argv: Sequence[str] | None = None) -> Path:
     return out
 
 
+MANIFEST = "generated.json"  # what a data folder holds, written last: a folder without it is not ours
+
+
+def _manifest(raw: Path) -> dict[str, Any] | None:
+    """The data folder's manifest, None where there is none; one this benchmark did not write is refused."""
+    path = raw / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--data {raw}: {MANIFEST} is unreadable ({e}); choose another folder") from e
+    if not isinstance(record, dict) or not isinstance(record.get("request"), dict):
+        raise SystemExit(f"--data {raw}: {MANIFEST} was not written by benchmarks.e2e; choose another folder")
+    return record
+
+
 def generate(raw: Path, categories: Sequence[str], scale: float) -> dict[str, Any]:
-    """The categories in MVTec layout under `raw`, generated unless its manifest says they are there."""
-    manifest = raw / "generated.json"
+    """The categories in MVTec layout under `raw`, generated unless its manifest says they are there.
+
+    A new set is made in a staging folder beside `raw` and replaces it whole at the end. A `raw`
+    that holds anything without this benchmark's manifest is refused, never removed."""
+    if raw.is_symlink() or (raw.exists() and not raw.is_dir()):
+        raise SystemExit(f"--data {raw}: not a folder")
+    record = _manifest(raw) if raw.exists() else None
     want = {"categories": sorted(categories), "scale": scale}
-    if manifest.exists() and json.loads(manifest.read_text()).get("request") == want:
-        return {**json.loads(manifest.read_text()), "reused": True}
-    if raw.exists():
-        shutil.rmtree(raw)
-    seconds = synthetic.generate(raw, categories, scale)
-    images = sum(1 for p in raw.rglob("*.png") if "ground_truth" not in p.parts)
-    record = {"request": want, "seconds": seconds, "images": images}
-    manifest.write_text(json.dumps(record))  # last: an interrupted generation is not reused
+    if record is not None and record["request"] == want:
+        return {**record, "reused": True}
+    if record is None and raw.exists() and any(raw.iterdir()):
+        raise SystemExit(f"--data {raw}: holds files that benchmarks.e2e did not generate (no {MANIFEST}); "
+                         "choose an empty or new folder")
+    with staged_dir(raw) as tmp:
+        seconds = synthetic.generate(tmp, categories, scale)
+        images = sum(1 for p in tmp.rglob("*.png") if "ground_truth" not in p.parts)
+        record = {"request": want, "seconds": seconds, "images": images}
+        write_json(tmp / MANIFEST, record)
     return {**record, "reused": False}
 
 

@@ -393,3 +393,32 @@ def test_dfr_step_formulations_train_alike(tmp_path):
     np.testing.assert_allclose(rows["losses"], conv["losses"], rtol=1e-5)
     assert rows["flops_per_step"] == conv["flops_per_step"] > 0 and rows["step_ms"] > 0
     assert report["tool"] == "dfr_step" and "bf16_matmul_tflops" not in report  # no floor without a GPU
+
+
+def test_e2e_data_folder_it_did_not_make_is_refused_and_left_alone(tmp_path):
+    """`--data` that holds someone's files, a damaged manifest, a file, or the workdir itself: a one-line
+    error naming the folder, and nothing in it removed; a complete set is staged and moved in whole."""
+    from benchmarks import e2e
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(SystemExit, match=r"--data .*mine: holds files that benchmarks.e2e did not generate"):
+        e2e.generate(mine, ["toothbrush"], 0.05)
+    assert (mine / "notes.txt").read_text() == "keep me" and len(list(mine.iterdir())) == 1
+    (mine / e2e.MANIFEST).write_text("{not json")
+    with pytest.raises(SystemExit, match=r"generated.json is unreadable"):
+        e2e.generate(mine, ["toothbrush"], 0.05)
+    (mine / e2e.MANIFEST).write_text('["a list"]')
+    with pytest.raises(SystemExit, match=r"generated.json was not written by benchmarks.e2e"):
+        e2e.generate(mine, ["toothbrush"], 0.05)
+    assert (mine / "notes.txt").read_text() == "keep me"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit, match=r"--data .*file: not a folder"):
+        e2e.generate(tmp_path / "file", ["toothbrush"], 0.05)
+    with pytest.raises(SystemExit, match=r"must not be --workdir or hold it"):
+        e2e.main(["--data", str(tmp_path), "--workdir", str(tmp_path / "work"), "--generate-only"])
+    assert (mine / "notes.txt").exists() and (tmp_path / "file").exists()
+    fresh = e2e.generate(tmp_path / "new", ["toothbrush"], 0.05)
+    assert not fresh["reused"] and fresh["images"] == 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "mine", "new"]  # no staging folder left
