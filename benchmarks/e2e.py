@@ -200,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         for child in work.iterdir():  # everything but the data, which may be reused below
             if child != raw and child not in raw.parents and raw not in child.parents:
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
+    work.mkdir(parents=True, exist_ok=True)  # the GPU samples land here even when --data lies elsewhere
     generated = generate(raw, args.categories, args.scale)
     if args.generate_only:
         print(f"{raw}: {generated['images']} images", flush=True)

@@ -5,6 +5,7 @@ and the side-by-side tool's `ours` path end to end on a tiny MTD-like folder."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -358,17 +359,25 @@ def test_dfr_step_floor_counts_the_autoencoders_convolutions(prepared):
     assert all(p.grad is None for p in model.cae.parameters())  # counting leaves no gradients behind
 
 
-def test_e2e_runs_the_methods_at_once_in_their_own_projects_and_reuses_its_data(tmp_path):
+def test_e2e_runs_the_methods_at_once_in_their_own_projects_and_reuses_its_data(tmp_path, monkeypatch):
     """`--methods-at-once`: each method's pipeline in its own project copy, started together, each
-    complete (dvc.lock records its train stage); `--data` keeps the generated categories for the next run."""
+    complete (dvc.lock records its train stage), the GPU sampled throughout into a workdir that did not
+    exist yet; `--data` keeps the generated categories for the next run."""
     from benchmarks import e2e
 
+    smi = tmp_path / "bin" / "nvidia-smi"  # stands in for the GPU's: one utilisation row every 50 ms
+    smi.parent.mkdir()
+    smi.write_text("#!/bin/sh\nwhile true; do echo '0, 37, 1200'; sleep 0.05; done\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{smi.parent}{os.pathsep}{os.environ['PATH']}")
     tiny = ["--categories", "toothbrush", "--scale", "0.05", "--epochs-scale", "0.01", "--set", "image_size=64",
             "--data", str(tmp_path / "data"), "--workdir", str(tmp_path / "work")]
-    out = e2e.main([*tiny, "--methods", "cfa", "dfr", "--methods-at-once", "--jobs", "1",
+    out = e2e.main([*tiny, "--methods", "cfa", "dfr", "--methods-at-once", "--jobs", "1", "--sample-gpu",
                     "--out", str(tmp_path / "both.json")])
     report = json.loads(out.read_text())
     assert report["methods_at_once"] and not report["data_reused"] and report["images"] == 6
+    gpu = report["gpu_utilisation"]["0"]
+    assert gpu["mean_util_pct"] == 37.0 and gpu["max_memory_mib"] == 1200.0 and gpu["samples"] > 10
     assert set(report["runs"]) == {"cfa", "dfr"}
     for method, run_ in report["runs"].items():
         assert "train@toothbrush" in (tmp_path / "work" / f"project_{method}" / "dvc.lock").read_text()
