@@ -177,7 +177,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     ap.add_argument("--epochs-scale", type=float, default=1.0, help="fraction of the papers' epochs (smoke)")
     ap.add_argument("--methods", nargs="+", default=list(methods.names()), choices=methods.names())
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra params for every run")
-    ap.add_argument("--workdir", type=Path, default=Path("/tmp/uad-e2e"))
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/uad-e2e"),
+                    help="emptied at the start, when new or made by this benchmark; any other folder is refused")
     ap.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/e2e_<methods>_...")
     ap.add_argument("--tag", default=None, help="last field of the default result name")
     ap.add_argument("--commit", default=None, help="commit id to record (default: git rev-parse)")
@@ -196,11 +197,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     raw = (args.data or work / "raw").resolve()
     if raw == work or raw in work.parents:
         raise SystemExit(f"--data {raw}: must not be --workdir or hold it (the workdir is emptied first)")
-    if work.exists():
-        for child in work.iterdir():  # everything but the data, which may be reused below
-            if child != raw and child not in raw.parents and raw not in child.parents:
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
-    work.mkdir(parents=True, exist_ok=True)  # the GPU samples land here even when --data lies elsewhere
+    claim_workdir(work, raw)
     generated = generate(raw, args.categories, args.scale)
     if args.generate_only:
         print(f"{raw}: {generated['images']} images", flush=True)
@@ -281,6 +278,24 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
 
 MANIFEST = "generated.json"  # what a data folder holds, written last: a folder without it is not ours
+WORKDIR_MARK = ".benchmarks-e2e"  # in a workdir this benchmark made: only such a workdir is emptied
+
+
+def claim_workdir(work: Path, raw: Path) -> None:
+    """Empty `work` for a new run, keeping the data folder `raw` where it lies inside; a folder that holds
+    anything else and lacks this benchmark's mark is refused, never emptied."""
+    if work.is_symlink() or (work.exists() and not work.is_dir()):
+        raise SystemExit(f"--workdir {work}: not a folder")
+    ours = (work / WORKDIR_MARK).is_file()
+    others = [child for child in (work.iterdir() if work.exists() else ())
+              if child != raw and child not in raw.parents and raw not in child.parents and child.name != WORKDIR_MARK]
+    if others and not ours:
+        raise SystemExit(f"--workdir {work}: holds files that benchmarks.e2e did not put there (no {WORKDIR_MARK}), "
+                         f"such as {others[0].name}; choose an empty or new folder")
+    for child in others:
+        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    work.mkdir(parents=True, exist_ok=True)  # the GPU samples land here even when --data lies elsewhere
+    (work / WORKDIR_MARK).touch()
 
 
 def _manifest(raw: Path) -> dict[str, Any] | None:

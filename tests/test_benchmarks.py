@@ -404,6 +404,31 @@ def test_dfr_step_formulations_train_alike(tmp_path):
     assert report["tool"] == "dfr_step" and "bf16_matmul_tflops" not in report  # no floor without a GPU
 
 
+def test_e2e_workdir_it_did_not_make_is_refused_and_left_alone(tmp_path):
+    """A `--workdir` holding someone's files is refused with a one-line error naming it, and nothing in
+    it is removed; one the benchmark made is emptied (but for the data inside it) and marked again."""
+    from benchmarks import e2e
+
+    theirs = tmp_path / "theirs"
+    (theirs / "notes").mkdir(parents=True)
+    (theirs / "notes" / "todo.txt").write_text("keep me")
+    with pytest.raises(SystemExit, match=rf"--workdir {theirs}: holds files that benchmarks.e2e did not put there"):
+        e2e.claim_workdir(theirs, theirs / "raw")
+    assert (theirs / "notes" / "todo.txt").read_text() == "keep me"
+    with pytest.raises(SystemExit, match="not a folder"):
+        e2e.claim_workdir(theirs / "notes" / "todo.txt", tmp_path / "raw")
+
+    ours = tmp_path / "ours"
+    e2e.claim_workdir(ours, ours / "raw")  # new: made and marked
+    (ours / "project_cfa").mkdir()
+    (ours / "gpu_all.csv").write_text("0, 1, 2\n")
+    (ours / "raw").mkdir()
+    (ours / "raw" / "generated.json").write_text("{}")
+    e2e.claim_workdir(ours, ours / "raw")
+    assert sorted(p.name for p in ours.iterdir()) == [e2e.WORKDIR_MARK, "raw"]
+    assert (ours / "raw" / "generated.json").exists()
+
+
 def test_e2e_data_folder_it_did_not_make_is_refused_and_left_alone(tmp_path):
     """`--data` that holds someone's files, a damaged manifest, a file, or the workdir itself: a one-line
     error naming the folder, and nothing in it removed; a complete set is staged and moved in whole."""
