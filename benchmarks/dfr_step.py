@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import harness
-from benchmarks.speed import matmul_bf16_tflops
+from benchmarks.speed import cae_step_flops, matmul_bf16_tflops
 from uad.methods.dfr.model import FeatCAE, adam, reconstruction_step
 from uad.methods.fitting import TrainingSteps
 from uad.runtime import autocast, backend_flag, configure_precision, resolve_device, storage_dtype
@@ -36,15 +36,8 @@ from uad.runtime import autocast, backend_flag, configure_precision, resolve_dev
 FORMULATIONS = ("conv", "rows")
 
 
-def step_flops(cae: FeatCAE, rows: int) -> int:
-    """FLOPs of one step's matmuls: every layer forward and its weight gradient, and the input gradient
-    of all but the first (the features need none); 2 per multiply-add, at the padded widths."""
-    macs = [m.in_channels * m.out_channels for m in cae.modules() if isinstance(m, torch.nn.Conv2d)]
-    return 2 * rows * (3 * sum(macs) - macs[0])
-
-
 def build(formulation: str, data: torch.Tensor, latent: int, precision: str, device: torch.device,
-          seed: int = 0) -> tuple[TrainingSteps, FeatCAE]:
+          seed: int = 0) -> TrainingSteps:
     """The step of one formulation over `data` (N, G*G, C) in the storage dtype, from the same initial
     weights (`seed`) whichever the formulation."""
     torch.manual_seed(seed)
@@ -79,7 +72,7 @@ def build(formulation: str, data: torch.Tensor, latent: int, precision: str, dev
             return (loss.detach(),)
     else:
         raise ValueError(f"formulation: {formulation!r} is not one of {FORMULATIONS}")
-    return TrainingSteps(step, optim, device), cae
+    return TrainingSteps(step, optim, device)
 
 
 def batches(n: int, batch: int, steps: int, device: torch.device, seed: int = 0) -> list[torch.Tensor]:
@@ -124,12 +117,14 @@ def measure(formulations: Sequence[str], *, images: int, batch: int, grid: int, 
                               "precision": precision, "steps": steps, "formulations": {}}
     if device.type == "cuda":
         result["bf16_matmul_tflops"] = round(matmul_bf16_tflops(device), 1)
+    # the same autoencoder in every formulation; counted on its own copy, before any step is captured
+    flops = cae_step_flops(FeatCAE(channels, latent).to(device), batch * grid * grid, precision, device)
     for name in formulations:
         start = time.perf_counter()
-        run, cae = build(name, data, latent, precision, device)
+        run = build(name, data, latent, precision, device)
         seconds, losses = timed_steps(run, index, device)
         entry = {"step_ms": round(seconds * 1e3, 4), "setup_and_run_s": round(time.perf_counter() - start, 1),
-                 "flops_per_step": step_flops(cae, batch * grid * grid), "losses": losses}
+                 "flops_per_step": flops, "losses": losses}
         if "bf16_matmul_tflops" in result:
             floor = entry["flops_per_step"] / (result["bf16_matmul_tflops"] * 1e12)
             entry.update(floor_ms=round(floor * 1e3, 4), step_over_floor=round(seconds / floor, 2))

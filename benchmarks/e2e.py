@@ -281,11 +281,16 @@ MANIFEST = "generated.json"  # what a data folder holds, written last: a folder 
 WORKDIR_MARK = ".benchmarks-e2e"  # in a workdir this benchmark made: only such a workdir is emptied
 
 
+def _folder_or_new(path: Path, option: str) -> None:
+    """Refuse `path` for `option` unless it is a folder or does not exist yet (a link is refused too)."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise SystemExit(f"{option} {path}: not a folder")
+
+
 def claim_workdir(work: Path, raw: Path) -> None:
     """Empty `work` for a new run, keeping the data folder `raw` where it lies inside; a folder that holds
     anything else and lacks this benchmark's mark is refused, never emptied."""
-    if work.is_symlink() or (work.exists() and not work.is_dir()):
-        raise SystemExit(f"--workdir {work}: not a folder")
+    _folder_or_new(work, "--workdir")
     ours = (work / WORKDIR_MARK).is_file()
     others = [child for child in (work.iterdir() if work.exists() else ())
               if child != raw and child not in raw.parents and raw not in child.parents and child.name != WORKDIR_MARK]
@@ -317,8 +322,7 @@ def generate(raw: Path, categories: Sequence[str], scale: float) -> dict[str, An
 
     A new set is made in a staging folder beside `raw` and replaces it whole at the end. A `raw`
     that holds anything without this benchmark's manifest is refused, never removed."""
-    if raw.is_symlink() or (raw.exists() and not raw.is_dir()):
-        raise SystemExit(f"--data {raw}: not a folder")
+    _folder_or_new(raw, "--data")
     record = _manifest(raw) if raw.exists() else None
     want = {"categories": sorted(categories), "scale": scale}
     if record is not None and record["request"] == want:

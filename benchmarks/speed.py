@@ -127,24 +127,30 @@ def matmul_bf16_tflops(device: torch.device, n: int = 8192, repeat: int = 20) ->
     return 2 * n**3 / t.seconds / 1e12
 
 
-def dfr_step_flops(model: AnomalyMethod, images: np.ndarray) -> tuple[int, tuple[int, ...]]:
-    """FLOPs of one DFR training step (the autoencoder's forward and backward on one training batch, as
-    torch's FlopCounterMode counts them: its 1x1 convolutions run as matmuls, at the padded widths) and
-    the batch's shape. Elementwise work (batch norm, ReLU, casts, loss, Adam) is what the floor leaves out."""
+def cae_step_flops(cae: torch.nn.Module, rows: int, precision: str, device: torch.device) -> int:
+    """FLOPs of one DFR training step on `rows` regional vectors: the autoencoder's forward and backward
+    as torch's FlopCounterMode counts them (its 1x1 convolutions run as matmuls, at the padded widths).
+    Elementwise work (batch norm, ReLU, casts, loss, Adam) is what the floor leaves out. Counting runs
+    one step in train mode and leaves no gradients behind."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    x = torch.zeros(rows, cae.widths[0], device=device)  # one row per region, as the fit trains
+    was_training = cae.training
+    cae.train()
+    with FlopCounterMode(display=False) as counter:
+        with autocast(precision, device):
+            recon = cae.rows(x)
+        F.mse_loss(recon.float(), x).backward()
+    cae.train(was_training)
+    cae.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def dfr_step_flops(model: AnomalyMethod, images: np.ndarray) -> tuple[int, tuple[int, ...]]:
+    """`cae_step_flops` of one of the model's training batches, and the batch's shape (N, C, G, G)."""
     grid = model.regional_features(images[:1]).shape[-2:]
     shape = (model.params.batch_size, model.channels, *grid)
-    x = torch.zeros(shape[0] * grid[0] * grid[1], shape[1], device=model.device)  # one row per region, as fit
-    was_training = model.cae.training
-    model.cae.train()
-    with FlopCounterMode(display=False) as counter:
-        with autocast(model.precision, model.device):
-            recon = model.cae.rows(x)
-        F.mse_loss(recon.float(), x).backward()
-    model.cae.train(was_training)
-    model.cae.zero_grad(set_to_none=True)
-    return counter.get_total_flops(), tuple(shape)
+    return cae_step_flops(model.cae, shape[0] * grid[0] * grid[1], model.precision, model.device), tuple(shape)
 
 
 def training_step_floor(model: AnomalyMethod, images: np.ndarray, steady_epoch_s: float,
